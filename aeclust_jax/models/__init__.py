@@ -1,0 +1,31 @@
+"""Model registry: a name -> the constructor of a Flax Linen module (big_vision style).
+
+    model = get_model("dae_skip", image_shape=(28, 28, 1))
+
+Constructors live one study family per module (skip_ae: S1, mlp: S3, dsc: S4) and are imported
+lazily, so asking for one family never imports the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> "module:constructor" inside aeclust_jax.models
+REGISTRY: dict[str, str] = {
+    "cae": "skip_ae:cae",
+    "cae_skip": "skip_ae:cae_skip",
+    "dae": "skip_ae:dae",
+    "dae_skip": "skip_ae:dae_skip",
+    "mlp": "mlp:mlp_classifier",
+    "mlp_ae": "mlp:mlp_autoencoder",
+    "dsc": "dsc:dsc_net",
+}
+
+
+def get_model(name: str, **kwargs: Any):
+    """Builds the registered model ``name``; unknown names raise KeyError listing the choices."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown model {name!r}; choices: {', '.join(sorted(REGISTRY))}")
+    module, constructor = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(f"aeclust_jax.models.{module}"), constructor)(**kwargs)
