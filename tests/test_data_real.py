@@ -29,3 +29,37 @@ def test_fashion_mnist_real(real_manual_dir, tmp_path_factory):
         assert ds.images.shape == (n, 28, 28, 1)
         assert np.bincount(ds.labels).tolist() == [n // 10] * 10
     assert ds.class_names[9] == "ankle_boot"
+
+
+def _mirror_corr(images: np.ndarray, axis: int) -> float:
+    """Mean correlation of each image with its mirror image along ``axis`` (1: rows, 2: cols)."""
+    a = images.reshape(len(images), -1).astype(np.float64)
+    b = np.flip(images, axis=axis).reshape(len(images), -1).astype(np.float64)
+    a -= a.mean(1, keepdims=True)
+    b -= b.mean(1, keepdims=True)
+    return float(((a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))).mean())
+
+
+def _top_wider_fraction(images: np.ndarray) -> float:
+    """Fraction of images whose object is wider in its top quarter than in its bottom quarter."""
+    out = []
+    for img in images[..., 0] > 40:
+        widths = img.sum(1)
+        rows = np.nonzero(widths)[0]
+        q = max(1, (rows[-1] - rows[0] + 1) // 4)
+        out.append(widths[rows[0]:rows[0] + q].mean() > widths[rows[-1] - q + 1:rows[-1] + 1].mean())
+    return float(np.mean(out))
+
+
+def test_coil20_real_upright(real_manual_dir, tmp_path_factory):
+    ds = load("coil20", data_dir=tmp_path_factory.mktemp("real"),
+              manual_dir=real_manual_dir / "coil20")
+    assert ds.images.shape == (1440, 32, 32, 1) and ds.images.dtype == np.uint8
+    assert np.bincount(ds.labels).tolist() == [72] * 20
+    # Upright, not transposed: most objects are left-right symmetric, not top-bottom.
+    assert _mirror_corr(ds.images, 2) > _mirror_corr(ds.images, 1) + 0.1
+    # Not upside down: the mushroom (obj11) and the cup (obj12) are wider at the top, the duck
+    # (obj1) and the lucky cat (obj4) at the bottom, in (nearly) every pose.
+    for obj, top_wider in ((11, True), (12, True), (1, False), (4, False)):
+        frac = _top_wider_fraction(ds.images[ds.labels == obj - 1])
+        assert (frac > 0.9) if top_wider else (frac < 0.1), (obj, frac)
