@@ -1,0 +1,381 @@
+"""S1: skip connections in convolutional autoencoders (Jo et al. 2020), train + evaluate + reproduce.
+
+    python scripts/train.py --model dae_skip --dataset mnist [--epochs 5] [--out runs/x] [--resume]
+    python scripts/reproduce.py s1 [--datasets mnist fashion_mnist hanja_synth] [--epochs N] [--seeds 3]
+
+One run: data (uint8, on device) -> fit (MSE, Keras Adadelta by default) -> evaluation (S1
+protocol): PSNR of the test reconstructions; the 30-d latent of the first 3000 test images ->
+t-SNE 2-D -> K-means (k = classes) -> NMI / ACC / ARI; K-means on the raw latent (``nmi_latent``);
+the latent+skip feature through the same t-SNE protocol (``nmi_latent_skip``). The run folder
+gets config.yaml, history.jsonl, checkpoints/, metrics.json (written last), figures/ and
+``eval.npz`` (embeddings, reconstructions and decoder maps that reproduce's figures use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aeclust_jax import runs, train
+from aeclust_jax.config import load_config, read_yaml, to_dict
+from aeclust_jax.models import get_model
+
+MODELS = ("cae", "cae_skip", "dae", "dae_skip")
+DATASETS = ("mnist", "fashion_mnist", "hanja", "hanja_synth")
+LATENT_SKIP_MODES = ("random", "trained")
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class S1Config:
+    """One S1 run. Defaults are the authors' MNIST code; configs/s1_<dataset>.yaml override them."""
+    model: str = "dae_skip"
+    dataset: str = "mnist"
+    epochs: int = 25
+    batch_size: int = 32
+    optimizer: str = "adadelta"          # adadelta (Keras 2020 defaults) | adam | sgd
+    lr: float | None = None              # None: the optimizer's default (adadelta 1.0)
+    noise_std: float = 0.5               # dae*: x + noise_std * N(0, 1), clipped to [0, 1]
+    noisy_target: bool = False           # True: the authors' code (target = the noisy input)
+    latent_skip: str = "random"          # random: fixed seeded projections (faithful) | trained
+    aux_weight: float = 1.0              # latent_skip=trained: weight of the auxiliary loss
+    seed: int = 0
+    last_batch: str = "pad"              # pad (Keras: every row once, last batch masked) | drop
+    upsample: str = "repeat"             # nearest x2 upsampling op: repeat | broadcast | resize
+    train_limit: int = 0                 # use the first N training images (0: all)
+    test_limit: int = 0                  # evaluate PSNR on the first N test images (0: all)
+    n_cluster: int = 3000                # first N test images for t-SNE / K-means
+    kmeans_n_init: int = 10
+    tsne_backend: str = "auto"
+    eval_every: int = 0                  # > 0: PSNR + NMI in history every N epochs (Fig. 4)
+    eval_batch: int = 1000
+    checkpoint_every: int = 5
+    keep_checkpoints: int = 3
+    dataset_options: dict = dataclasses.field(default_factory=dict)   # load(name, **options)
+    progress: bool = True
+
+    def validate(self) -> "S1Config":
+        for name, value, choices in (("model", self.model, MODELS), ("dataset", self.dataset, DATASETS),
+                                     ("optimizer", self.optimizer, train.OPTIMIZERS),
+                                     ("latent_skip", self.latent_skip, LATENT_SKIP_MODES),
+                                     ("last_batch", self.last_batch, ("pad", "drop")),
+                                     ("upsample", self.upsample, ("repeat", "broadcast", "resize"))):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choices: {', '.join(choices)}")
+        for name in ("epochs", "batch_size", "n_cluster", "kmeans_n_init", "eval_batch",
+                     "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        return self
+
+
+# ----------------------------------------------------------------------------- model + loss
+
+def build_model(cfg: S1Config, image_shape):
+    kw = {"image_shape": tuple(image_shape), "upsample": cfg.upsample}
+    if cfg.model.startswith("dae"):
+        kw["noise_std"] = cfg.noise_std
+    return get_model(cfg.model, **kw)
+
+
+def corrupt(x: jax.Array, noise_std: float, rng: jax.Array) -> jax.Array:
+    """x (N, H, W, C) in [0, 1] -> clip(x + noise_std * N(0, 1), 0, 1)."""
+    return jnp.clip(x + noise_std * jax.random.normal(rng, x.shape, x.dtype), 0.0, 1.0)
+
+
+def make_loss(model, *, noisy_target: bool = False, latent_skip: str = "random",
+              aux_weight: float = 1.0):
+    """loss_fn(params, batch, rng) -> (loss, {"mse", ["aux_mse"]}) for train.fit.
+
+    Denoising models corrupt the input with a fresh draw per step (key from the step rng); the
+    target is the clean image unless ``noisy_target`` (the authors' code). ``latent_skip='trained'``
+    adds ``aux_weight`` * MSE of the decoder's reconstruction from the latent+skip feature (skip
+    maps not added), which trains the two projections; with ``random`` they get no gradient.
+    """
+    trained = latent_skip == "trained"
+
+    def loss_fn(params, batch, rng):
+        x = train.to_float(batch["image"])
+        xin = corrupt(x, model.noise_std, rng) if model.noise_std > 0 else x
+        target = xin if noisy_target else x
+        out = model.apply({"params": params}, xin, with_latent_skip=trained)
+        mse = train.masked_mean((out.recon - target) ** 2, batch["mask"])
+        aux = {"mse": mse}
+        if not trained:
+            return mse, aux
+        rec2 = model.apply({"params": params}, out.latent_skip, method=lambda m, z: m.decode(z))
+        aux["aux_mse"] = train.masked_mean((rec2 - target) ** 2, batch["mask"])
+        return mse + aux_weight * aux["aux_mse"], aux
+
+    return loss_fn
+
+
+def frozen_params(cfg: S1Config):
+    """The latent_skip projections stay at their seeded initial values unless trained."""
+    if cfg.latent_skip == "trained":
+        return None
+    return lambda path: path.startswith("latent_skip_")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def encode(model, params, images: np.ndarray, *, batch_size: int, mesh) -> dict[str, np.ndarray]:
+    """Test images uint8 (N, H, W, C) -> {"psnr" (N,), "latent" (N, 30), "latent_skip" (N, 30)}."""
+    from aeclust_jax.metrics import psnr
+
+    def fn(p, b):
+        x = train.to_float(b["image"])
+        out = model.apply({"params": p}, x, with_latent_skip=True)
+        return {"psnr": psnr(out.recon, x), "latent": out.latent, "latent_skip": out.latent_skip}
+
+    return train.predict(fn, params, {"image": images}, batch_size=batch_size, mesh=mesh)
+
+
+def _tsne(x: np.ndarray, seed: int, backend: str) -> np.ndarray:
+    try:
+        from aeclust_jax.cluster import tsne
+    except ImportError:  # until cluster.tsne lands: openTSNE directly (its CPU backend)
+        from openTSNE import TSNE
+        return np.asarray(TSNE(n_components=2, perplexity=30.0, random_state=seed, n_jobs=1)
+                          .fit(np.asarray(x, np.float64)))
+    return np.asarray(tsne(x, n_components=2, seed=seed, backend=backend))
+
+
+def cluster_scores(features: np.ndarray, labels: np.ndarray, k: int, *, seed: int,
+                   n_init: int) -> dict[str, Any]:
+    """K-means (k-means++, ``n_init`` restarts, key ``seed``) on features (N, D) -> nmi/acc/ari."""
+    from aeclust_jax.cluster import kmeans
+    from aeclust_jax.metrics import acc, ari, nmi
+    pred = np.asarray(kmeans(jnp.asarray(features, jnp.float32), k, key=jax.random.key(seed),
+                             n_init=n_init).labels)
+    return {"nmi": float(nmi(labels, pred)), "acc": float(acc(labels, pred)),
+            "ari": float(ari(labels, pred)), "pred": pred}
+
+
+def evaluate(model, params, test, cfg: S1Config, mesh, *, full: bool = True,
+             timings: dict | None = None) -> tuple[dict, dict]:
+    """S1 protocol on the test split -> (metrics, arrays for figures).
+
+    ``full=False`` (per-epoch curves) computes only psnr and the t-SNE NMI.
+    """
+    timings = {} if timings is None else timings
+    images = test.images[:cfg.test_limit] if cfg.test_limit else test.images
+    t = time.perf_counter()
+    enc = encode(model, params, images, batch_size=cfg.eval_batch, mesh=mesh)
+    timings["encode"] = time.perf_counter() - t
+    n = min(cfg.n_cluster, len(images))
+    labels = np.asarray(test.labels[:n])
+    k = int(test.num_classes)
+    t = time.perf_counter()
+    emb = _tsne(enc["latent"][:n], cfg.seed, cfg.tsne_backend)
+    timings["tsne"] = time.perf_counter() - t
+    t = time.perf_counter()
+    s = cluster_scores(emb, labels, k, seed=cfg.seed, n_init=cfg.kmeans_n_init)
+    timings["kmeans"] = time.perf_counter() - t
+    metrics = {"psnr": float(np.mean(enc["psnr"])), "nmi": s["nmi"], "acc": s["acc"], "ari": s["ari"]}
+    arrays = {"tsne": emb, "labels": labels, "pred": s["pred"]}
+    if not full:
+        return metrics, arrays
+    raw = cluster_scores(enc["latent"][:n], labels, k, seed=cfg.seed, n_init=cfg.kmeans_n_init)
+    metrics.update(nmi_latent=raw["nmi"], acc_latent=raw["acc"], ari_latent=raw["ari"])
+    emb_ls = _tsne(enc["latent_skip"][:n], cfg.seed, cfg.tsne_backend)
+    ls = cluster_scores(emb_ls, labels, k, seed=cfg.seed, n_init=cfg.kmeans_n_init)
+    ls_raw = cluster_scores(enc["latent_skip"][:n], labels, k, seed=cfg.seed, n_init=cfg.kmeans_n_init)
+    metrics.update(nmi_latent_skip=ls["nmi"], acc_latent_skip=ls["acc"], ari_latent_skip=ls["ari"],
+                   nmi_latent_skip_raw=ls_raw["nmi"])
+    arrays.update(tsne_latent_skip=emb_ls, latent=enc["latent"][:n])
+    return metrics, arrays
+
+
+def samples_and_maps(model, params, images: np.ndarray, noise_std: float, seed: int) -> dict:
+    """First 10 test images: inputs (noisy for dae*), reconstructions and, for skip models, the
+    decoder maps at each skip junction (``latent_path_i`` / ``skip_branch_i``) of image 0."""
+    x = train.to_float(jnp.asarray(images[:10]))
+    xin = corrupt(x, noise_std, jax.random.key(seed)) if noise_std > 0 else x
+    out, state = jax.jit(lambda p, v: model.apply({"params": p}, v, mutable=["intermediates"]))(params, xin)
+    res = {"inputs": np.asarray(xin), "clean": np.asarray(x), "recon": np.asarray(out.recon)}
+    for name, val in state.get("intermediates", {}).items():
+        res["map_" + name] = np.asarray(val[0][0])
+    return res
+
+
+# ----------------------------------------------------------------------------- one run
+
+def load_split(cfg: S1Config, split: str):
+    from aeclust_jax.data import load
+    return load(cfg.dataset, split, **dict(cfg.dataset_options))
+
+
+def run(cfg: S1Config, out: str | pathlib.Path, *, resume: bool = False) -> dict:
+    """Trains and evaluates one S1 model into run folder ``out``; returns metrics.json's dict."""
+    cfg = cfg.validate()
+    out = runs.prepare_run_dir(out, resume=resume)
+    if runs.is_complete(out):
+        print(f"{out} is already complete (metrics.json exists); nothing to do")
+        return runs.read_json(out / "metrics.json")
+    _write_config(out / "config.yaml", cfg)
+    train.maybe_initialize_distributed()
+    mesh = train.make_mesh()
+    t_load = time.perf_counter()
+    tr, te = load_split(cfg, "train"), load_split(cfg, "test")
+    images = tr.images[:cfg.train_limit] if cfg.train_limit else tr.images
+    load_seconds = time.perf_counter() - t_load
+    model = build_model(cfg, images.shape[1:])
+    key = jax.random.key(cfg.seed)
+    k_init, k_fit = jax.random.split(key)
+    tx = train.make_optimizer(cfg.optimizer, cfg.lr, frozen=frozen_params(cfg))
+    state = train.create_train_state(model, k_init, jnp.zeros((1,) + images.shape[1:], jnp.float32),
+                                     tx, init_kwargs={"with_latent_skip": True})
+    loss_fn = make_loss(model, noisy_target=cfg.noisy_target, latent_skip=cfg.latent_skip,
+                        aux_weight=cfg.aux_weight)
+    eval_fn = None
+    if cfg.eval_every:
+        eval_fn = lambda st, epoch: evaluate(model, st.params, te, cfg, mesh, full=False)[0]
+    ckpt = train.Checkpointer(out / "checkpoints", every=cfg.checkpoint_every, keep=cfg.keep_checkpoints)
+    try:
+        result = train.fit(state, {"image": images}, loss_fn, batch_size=cfg.batch_size,
+                           epochs=cfg.epochs, key=k_fit, mesh=mesh, last_batch=cfg.last_batch,
+                           eval_fn=eval_fn, eval_every=cfg.eval_every or cfg.epochs,
+                           checkpointer=ckpt, resume=resume, history_path=out / "history.jsonl",
+                           progress=cfg.progress, desc=f"{cfg.dataset}/{cfg.model}/s{cfg.seed}")
+    finally:
+        ckpt.close()
+    params = result.state.params
+    timings = {"load": load_seconds}
+    metrics, arrays = evaluate(model, params, te, cfg, mesh, timings=timings)
+    extra = samples_and_maps(model, params, te.images, model.noise_std, cfg.seed)
+    np.savez_compressed(out / "eval.npz", **arrays, **extra)
+    _run_figures(out, cfg, arrays, extra, te)
+    train_seconds = sum(r["seconds"] for r in result.history)
+    metrics.update(
+        epochs=cfg.epochs, train_seconds=train_seconds,
+        images_per_second=len(images) * len(result.history) / train_seconds if train_seconds else None,
+        final_loss=result.history[-1]["loss"], model=cfg.model, dataset=cfg.dataset, seed=cfg.seed,
+        num_params=train.count_params(params, _recon_param),
+        eval_seconds=timings, devices=mesh.size, platform=jax.devices()[0].platform)
+    runs.write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _recon_param(path) -> bool:
+    from aeclust_jax.models.skip_ae import is_recon_param
+    return is_recon_param(path)
+
+
+def _write_config(path: pathlib.Path, cfg: S1Config) -> None:
+    import yaml
+    runs.atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _run_figures(out: pathlib.Path, cfg: S1Config, arrays: dict, extra: dict, test) -> None:
+    from aeclust_jax import viz
+    fig = out / "figures"
+    fig.mkdir(exist_ok=True)
+    title = f"{cfg.model} on {cfg.dataset}"
+    viz.reconstruction_grid([extra["clean"], extra["inputs"], extra["recon"]] if cfg.model.startswith("dae")
+                            else [extra["clean"], extra["recon"]],
+                            fig / "reconstructions.png",
+                            row_names=(["clean", "noisy input", "recon"] if cfg.model.startswith("dae")
+                                       else ["input", "recon"]), title=title)
+    names = list(test.class_names)
+    viz.tsne_scatter(arrays["tsne"], arrays["labels"], fig / "tsne.png", title=f"{title}: latent",
+                     class_names=names)
+    viz.tsne_scatter(arrays["tsne_latent_skip"], arrays["labels"], fig / "tsne_latent_skip.png",
+                     title=f"{title}: latent + skip", class_names=names)
+    maps = {k[4:]: v for k, v in extra.items() if k.startswith("map_")}
+    if maps:
+        viz.feature_maps(maps, fig / "feature_maps.png", title=title)
+
+
+# ----------------------------------------------------------------------------- CLI: train
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py", description="Train and evaluate one S1 autoencoder (cae, cae_skip, dae, dae_skip).")
+    p.add_argument("--model", required=True, choices=MODELS)
+    p.add_argument("--dataset", default="mnist", help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--config", help="YAML config (default: configs/s1_<dataset>.yaml when present)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", help=f"one of {', '.join(train.OPTIMIZERS)}")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--noise-std", type=float)
+    p.add_argument("--noisy-target", action="store_true", default=None,
+                   help="denoising target = the noisy input (the authors' code), not the clean image")
+    p.add_argument("--latent-skip", help="random (faithful, fixed projections) | trained (auxiliary loss)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--train-limit", type=int, help="use the first N training images")
+    p.add_argument("--test-limit", type=int, help="evaluate PSNR on the first N test images")
+    p.add_argument("--n-cluster", type=int, help="first N test images for t-SNE/K-means (3000)")
+    p.add_argument("--eval-every", type=int, help="PSNR + NMI every N epochs into history.jsonl")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--upsample", help="repeat | broadcast | resize")
+    p.add_argument("--last-batch", help="pad | drop")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option of the dataset builder, e.g. train_per_class=100 (repeatable)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", help="run folder (default runs/<dataset>-<model>-<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    return p
+
+
+def _parse_kv(items: Sequence[str]) -> dict:
+    import yaml
+    opts = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--dataset-option expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        opts[k] = yaml.safe_load(v)
+    return opts
+
+
+def config_from_args(args) -> S1Config:
+    """Defaults <- configs/s1_<dataset>.yaml (or --config) <- flags; --resume starts from the
+    run's saved config.yaml instead."""
+    if args.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {args.dataset!r}; choices: {', '.join(DATASETS)}")
+    over = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
+            "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
+            "noise_std": args.noise_std, "noisy_target": args.noisy_target,
+            "latent_skip": args.latent_skip, "seed": args.seed, "train_limit": args.train_limit,
+            "test_limit": args.test_limit, "n_cluster": args.n_cluster, "eval_every": args.eval_every,
+            "checkpoint_every": args.checkpoint_every, "upsample": args.upsample,
+            "last_batch": args.last_batch,
+            "dataset_options": _parse_kv(args.dataset_option) or None,
+            "progress": False if args.no_progress else None}
+    saved = pathlib.Path(args.out or "") / "config.yaml"
+    if args.resume and args.out and saved.is_file():
+        base = load_config(S1Config, saved)
+        return load_config(S1Config, None, over, base=base)
+    path = args.config
+    if path is None and (CONFIG_DIR / f"s1_{args.dataset}.yaml").is_file():
+        path = CONFIG_DIR / f"s1_{args.dataset}.yaml"
+    return load_config(S1Config, path, over)
+
+
+def train_main(argv: Sequence[str]) -> int:
+    args = _train_parser().parse_args(list(argv))
+    cfg = config_from_args(args).validate()
+    out = pathlib.Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.seed}")
+    metrics = run(cfg, out, resume=args.resume)
+    keys = ("psnr", "nmi", "acc", "ari", "nmi_latent", "nmi_latent_skip", "images_per_second")
+    print(" ".join(f"{k}={metrics[k]:.4g}" for k in keys if metrics.get(k) is not None))
+    print(f"wrote {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- reproduce
+
+def reproduce_main(argv: Sequence[str]) -> int:
+    from aeclust_jax.studies import skip_ae_report as report
+    return report.reproduce_main(argv)
