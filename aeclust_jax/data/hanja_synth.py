@@ -170,18 +170,23 @@ def synthesize(sdfs: np.ndarray, template: np.ndarray, rng: np.random.Generator,
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
-def generate(sdfs: np.ndarray, num_chars: int, per_class: int, rng: np.random.Generator,
-             size: int = 100, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (num_chars * per_class, size, size), labels int64), classes shuffled."""
+def generate_chunks(sdfs: np.ndarray, num_chars: int, per_class: int, rng: np.random.Generator,
+                    size: int = 100) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Chunks (images uint8 (n, size, size), labels int64 (n,)) of num_chars * per_class
+    samples in shuffled class order; ``sdfs`` from render_templates (fonts x characters)."""
     num_fonts = len(sdfs) // num_chars
     labels = rng.permutation(np.repeat(np.arange(num_chars), per_class))
-    fonts = rng.integers(0, num_fonts, len(labels))
-    template = fonts * num_chars + labels
-    images = np.empty((len(labels), size, size), np.uint8)
+    template = rng.integers(0, num_fonts, len(labels)) * num_chars + labels
     for start in range(0, len(labels), _CHUNK):
         stop = min(len(labels), start + _CHUNK)
-        images[start:stop] = synthesize(sdfs, template[start:stop], rng, size)
-    return images, labels
+        yield synthesize(sdfs, template[start:stop], rng, size), labels[start:stop]
+
+
+def generate(sdfs: np.ndarray, num_chars: int, per_class: int, rng: np.random.Generator,
+             size: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """All of generate_chunks at once: (images uint8 (N, size, size), labels int64 (N,))."""
+    chunks = list(generate_chunks(sdfs, num_chars, per_class, rng, size))
+    return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
 
 
 class HanjaSynthConfig(tfds.core.BuilderConfig):
@@ -244,6 +249,8 @@ class HanjaSynth(ImageBuilder, skip_registration=True):
         sdfs = render_templates(cfg.characters, cfg.fonts)
         per_class = cfg.train_per_class if split == "train" else cfg.test_per_class
         rng = np.random.default_rng([cfg.seed, self.SPLITS.index(split)])
-        images, labels = generate(sdfs, len(cfg.characters), per_class, rng, cfg.size)
-        for i in range(len(images)):
-            yield i, {"image": images[i, :, :, None], "label": labels[i]}
+        i = 0
+        for images, labels in generate_chunks(sdfs, len(cfg.characters), per_class, rng, cfg.size):
+            for image, label in zip(images, labels):
+                yield i, {"image": image[:, :, None], "label": label}
+                i += 1
