@@ -153,6 +153,27 @@ def test_manual_dir_from_environment(tmp_path, rng, monkeypatch):
     assert len(ds) == 30
 
 
+def test_manual_dir_may_be_a_root_of_dataset_folders(tmp_path, rng):
+    write_mnist_dir(tmp_path / "root" / "mnist", rng)
+    ds = load("mnist", data_dir=tmp_path, manual_dir=tmp_path / "root", verify_checksums=False,
+              download=False)
+    assert len(ds) == 30
+
+
+def test_concurrent_prepares_all_succeed(tmp_path):
+    code = textwrap.dedent(f"""
+        from aeclust_jax.data import load
+        ds = load("hanja_synth", data_dir={str(tmp_path)!r}, train_per_class=20, test_per_class=1,
+                  size=32)
+        print("ok", len(ds))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and "ok 240" in out, err[-2000:]
+
+
 def test_cifar10_fixture(tmp_path, rng):
     batches = write_cifar_archive(tmp_path / "raw" / "cifar-10-python.tar.gz", rng)
     train = load("cifar10", data_dir=tmp_path, manual_dir=tmp_path / "raw", verify_checksums=False)

@@ -95,9 +95,21 @@ def builder(name: str, *, data_dir=None, manual_dir=None, **options):
 def prepare(name: str, *, data_dir=None, manual_dir=None, **options):
     """Prepares ``name`` (no-op when already prepared) and returns its builder."""
     b = builder(name, data_dir=data_dir, manual_dir=manual_dir, **options)
-    if not (pathlib.Path(b.data_path) / "dataset_info.json").is_file() or not b.is_prepared():
+    if _is_prepared(b):
+        return b
+    try:
         b.download_and_prepare()
+    except OSError:
+        # Another process may have prepared the same dataset meanwhile (tfds' final rename of
+        # its incomplete.* folder then fails): use theirs.
+        b = builder(name, data_dir=data_dir, manual_dir=manual_dir, **options)
+        if not _is_prepared(b):
+            raise
     return b
+
+
+def _is_prepared(b) -> bool:
+    return (pathlib.Path(b.data_path) / "dataset_info.json").is_file() and b.is_prepared()
 
 
 def load(name: str, split: str = "train", *, data_dir=None, manual_dir=None,

@@ -13,13 +13,13 @@ import gzip
 import hashlib
 import os
 import pathlib
-import shutil
 import urllib.error
 import urllib.request
 from typing import Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tqdm import tqdm
 
 MANUAL_DIR_ENV = "AECLUST_MANUAL_DIR"
 DATA_DIR_ENV = "AECLUST_DATA_DIR"
@@ -93,8 +93,12 @@ def _download(url: str, dest: pathlib.Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r, open(tmp, "wb") as f:
-            shutil.copyfileobj(r, f, 1 << 22)
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r, open(tmp, "wb") as f, \
+                tqdm(total=int(r.headers.get("Content-Length") or 0) or None, unit="B",
+                     unit_scale=True, desc=f"downloading {dest.name}") as bar:
+            while chunk := r.read(1 << 22):
+                f.write(chunk)
+                bar.update(len(chunk))
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -163,8 +167,11 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # ------------------------------------------------------------ raw-file lookup
     def manual_dirs(self) -> list[pathlib.Path]:
         """Folders searched for the raw files, in order."""
-        dirs = [self._manual_dir, env_manual_dir(self.name)]
-        return [d for d in dirs if d is not None]
+        dirs = []
+        if self._manual_dir is not None:  # the dataset's folder, or a root of such folders
+            dirs += [self._manual_dir, self._manual_dir / self.name]
+        env = env_manual_dir(self.name)
+        return dirs + ([env] if env is not None else [])
 
     def download_dir(self) -> pathlib.Path:
         return pathlib.Path(self._data_dir_root) / "downloads" / self.name
@@ -173,7 +180,7 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         where = [str(d) for d in self.manual_dirs()] or ["<manual_dir>"]
         names = ", ".join(f.name for f in missing)
         return (f"{self.name}: raw file(s) not found: {names}. Put them in a folder and pass "
-                f"manual_dir=<folder>, or in ${MANUAL_DIR_ENV}/{self.name}/ "
+                f"manual_dir=<folder>, or put them in ${MANUAL_DIR_ENV}/{self.name}/ "
                 f"(searched: {', '.join(where)}){tried}. See docs/data.md.")
 
     def fetch_raw_files(self) -> dict[str, pathlib.Path]:
