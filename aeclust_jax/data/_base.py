@@ -177,7 +177,8 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return pathlib.Path(self._data_dir_root) / "downloads" / self.name
 
     def missing_files_message(self, missing: Sequence[RawFile], tried: str) -> str:
-        where = [str(d) for d in self.manual_dirs()] or ["<manual_dir>"]
+        where = [str(d) for d in self.manual_dirs()] or [
+            f"nothing: no manual_dir given and ${MANUAL_DIR_ENV} unset"]
         names = ", ".join(f.name for f in missing)
         return (f"{self.name}: raw file(s) not found: {names}. Put them in a folder and pass "
                 f"manual_dir=<folder>, or put them in ${MANUAL_DIR_ENV}/{self.name}/ "
