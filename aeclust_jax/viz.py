@@ -123,3 +123,20 @@ def feature_maps(maps: Mapping[str, np.ndarray], path, *, title: str | None = No
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def tsne_panels(panels: Mapping[str, tuple[np.ndarray, np.ndarray]], path, *,
+                title: str | None = None) -> pathlib.Path:
+    """Side-by-side t-SNE scatters: panels[name] = (embedding (N, 2), labels (N,))."""
+    names = list(panels)
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.ravel(), names):
+        emb, labels = panels[name]
+        tsne_scatter(np.asarray(emb), np.asarray(labels), None, title=name, ax=ax)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

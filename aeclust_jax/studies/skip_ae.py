@@ -256,14 +256,22 @@ def run(cfg: S1Config, out: str | pathlib.Path, *, resume: bool = False) -> dict
     np.savez_compressed(out / "eval.npz", **arrays, **extra)
     _run_figures(out, cfg, arrays, extra, te)
     train_seconds = sum(r["seconds"] for r in result.history)
+    # images/s over the epochs after the first (which includes compilation) when there are any
+    warm = result.history[1:] or result.history
+    ips = len(images) * len(warm) / sum(r["seconds"] for r in warm)
     metrics.update(
-        epochs=cfg.epochs, train_seconds=train_seconds,
-        images_per_second=len(images) * len(result.history) / train_seconds if train_seconds else None,
+        epochs=cfg.epochs, train_seconds=train_seconds, images_per_second=ips,
         final_loss=result.history[-1]["loss"], model=cfg.model, dataset=cfg.dataset, seed=cfg.seed,
         num_params=train.count_params(params, _recon_param),
         eval_seconds=timings, devices=mesh.size, platform=jax.devices()[0].platform)
     runs.write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _ordered_maps(extra: dict) -> dict:
+    """map_latent_path_i / map_skip_branch_i -> ordered by junction: latent_path_1, skip_branch_1, ..."""
+    maps = {k[4:]: v for k, v in extra.items() if k.startswith("map_")}
+    return dict(sorted(maps.items(), key=lambda kv: (kv[0][-1], kv[0])))
 
 
 def _recon_param(path) -> bool:
@@ -291,7 +299,7 @@ def _run_figures(out: pathlib.Path, cfg: S1Config, arrays: dict, extra: dict, te
                      class_names=names)
     viz.tsne_scatter(arrays["tsne_latent_skip"], arrays["labels"], fig / "tsne_latent_skip.png",
                      title=f"{title}: latent + skip", class_names=names)
-    maps = {k[4:]: v for k, v in extra.items() if k.startswith("map_")}
+    maps = _ordered_maps(extra)
     if maps:
         viz.feature_maps(maps, fig / "feature_maps.png", title=title)
 
@@ -376,6 +384,208 @@ def train_main(argv: Sequence[str]) -> int:
 
 # ----------------------------------------------------------------------------- reproduce
 
+TABLE_METRICS = ("psnr", "nmi", "nmi_latent", "nmi_latent_skip", "acc", "ari", "images_per_second")
+TRAINED_LS = "+ls_trained"   # suffix of the runs whose latent+skip projections are trained
+
+
+def _reproduce_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reproduce.py s1",
+                                description="S1: 4 models x datasets x seeds -> results table + figures.")
+    p.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist", "hanja_synth"])
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
+    p.add_argument("--epochs", type=int, help="override the configs' epochs")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--train-limit", type=int, help="first N training images per dataset")
+    p.add_argument("--test-limit", type=int)
+    p.add_argument("--n-cluster", type=int)
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="PSNR/NMI every N epochs for cae (Fig. 4); default epochs // 5, 0 = off")
+    p.add_argument("--trained-latent-skip", action="store_true",
+                   help="also train the skip models with latent_skip=trained (extension)")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="DATASET:KEY=VALUE",
+                   help="a dataset builder option, e.g. hanja_synth:train_per_class=500")
+    p.add_argument("--runs", help="folder of the individual runs (default runs/s1)")
+    p.add_argument("--out", default="results/s1")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _dataset_options(items: Sequence[str]) -> dict[str, dict]:
+    opts: dict[str, dict] = {}
+    for item in items:
+        if ":" not in item:
+            raise ValueError(f"--dataset-option expects DATASET:KEY=VALUE, got {item!r}")
+        ds, kv = item.split(":", 1)
+        opts.setdefault(ds, {}).update(_parse_kv([kv]))
+    return opts
+
+
 def reproduce_main(argv: Sequence[str]) -> int:
-    from aeclust_jax.studies import skip_ae_report as report
-    return report.reproduce_main(argv)
+    a = _reproduce_parser().parse_args(list(argv))
+    for d in a.datasets:
+        if d not in DATASETS:
+            raise ValueError(f"unknown dataset {d!r}; choices: {', '.join(DATASETS)}")
+    for m in a.models:
+        if m not in MODELS:
+            raise ValueError(f"unknown model {m!r}; choices: {', '.join(MODELS)}")
+    if a.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {a.seeds}")
+    ds_opts = _dataset_options(a.dataset_option)
+    runs_dir = pathlib.Path(a.runs or "runs/s1")
+    out = pathlib.Path(a.out)
+    jobs = []
+    for ds in a.datasets:
+        path = CONFIG_DIR / f"s1_{ds}.yaml"
+        for model in a.models:
+            variants = [("", "random")]
+            if a.trained_latent_skip and model.endswith("_skip"):
+                variants.append((TRAINED_LS, "trained"))
+            for suffix, ls in variants:
+                for seed in range(a.seeds):
+                    over = {"model": model, "dataset": ds, "seed": seed, "epochs": a.epochs,
+                            "batch_size": a.batch_size, "train_limit": a.train_limit,
+                            "test_limit": a.test_limit, "n_cluster": a.n_cluster, "latent_skip": ls,
+                            "dataset_options": ds_opts.get(ds) or None,
+                            "progress": False if a.no_progress else None}
+                    cfg = load_config(S1Config, path if path.is_file() else None, over)
+                    every = a.eval_every if a.eval_every is not None else max(1, cfg.epochs // 5)
+                    if model == "cae" and seed == 0 and every:
+                        cfg = dataclasses.replace(cfg, eval_every=every)
+                    jobs.append((cfg.validate(), runs_dir / f"{ds}-{model}{suffix}-{seed}", model + suffix))
+    print(f"S1: {len(jobs)} runs into {runs_dir}")
+    for i, (cfg, run_dir, _) in enumerate(jobs):
+        if runs.is_complete(run_dir):
+            print(f"[{i + 1}/{len(jobs)}] {run_dir}: complete, skipped")
+            continue
+        print(f"[{i + 1}/{len(jobs)}] {run_dir}")
+        run(cfg, run_dir, resume=run_dir.is_dir() and any(run_dir.iterdir()))
+    summary = summarize(jobs, out)
+    print((out / "results.md").read_text())
+    return 0 if summary else 1
+
+
+def summarize(jobs, out: pathlib.Path) -> dict:
+    """results.json + results.md + figures from the complete runs of ``jobs``."""
+    groups: dict[tuple[str, str], list] = {}
+    for cfg, run_dir, name in jobs:
+        groups.setdefault((cfg.dataset, name), []).append((cfg, run_dir))
+    rows = []
+    for (ds, name), items in groups.items():
+        per_seed = [dict(runs.read_json(d / "metrics.json"), run=str(d)) for _, d in items]
+        row = {"dataset": ds, "model": name, "n_seeds": len(per_seed),
+               "epochs": per_seed[0]["epochs"], "per_seed": per_seed}
+        for k in TABLE_METRICS:
+            vals = [m[k] for m in per_seed if m.get(k) is not None]
+            if vals:
+                row[k] = runs.mean_std(vals)
+        rows.append(row)
+    first = jobs[0][0]
+    settings = {"datasets": sorted({c.dataset for c, _, _ in jobs}), "seeds": len({c.seed for c, _, _ in jobs}),
+                "epochs": sorted({c.epochs for c, _, _ in jobs}), "batch_size": sorted({c.batch_size for c, _, _ in jobs}),
+                "train_limit": first.train_limit, "test_limit": first.test_limit, "n_cluster": first.n_cluster,
+                "optimizer": first.optimizer, "devices": jax.device_count(), "platform": jax.devices()[0].platform,
+                "machine": _machine()}
+    claims = check_claims(rows)
+    result = {"settings": settings, "results": rows, "claims": claims}
+    out.mkdir(parents=True, exist_ok=True)
+    runs.write_json(out / "results.json", result)
+    runs.atomic_write_text(out / "results.md", markdown_table(rows, settings, claims))
+    reproduce_figures(groups, rows, out / "figures")
+    return result
+
+
+def _machine() -> str:
+    import os
+    import platform
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def _ms(row, k, scale=1.0, fmt="{:.2f}"):
+    if k not in row:
+        return "-"
+    return f"{fmt.format(row[k]['mean'] * scale)} ± {fmt.format(row[k]['std'] * scale)}"
+
+
+def markdown_table(rows, settings, claims) -> str:
+    lines = [f"S1 results: {settings['seeds']} seed(s), epochs {settings['epochs']}, batch "
+             f"{settings['batch_size']}, train_limit {settings['train_limit'] or 'all'}, "
+             f"{settings['n_cluster']} test images clustered, {settings['platform']} ({settings['machine']}).",
+             "NMI/ACC/ARI on the 0-100 scale; mean ± std over seeds.", "",
+             "| dataset | model | PSNR (dB) | NMI t-SNE | NMI latent | NMI latent+skip t-SNE | ACC t-SNE | ARI t-SNE |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['model']} | {_ms(r, 'psnr')} | {_ms(r, 'nmi', 100, '{:.1f}')} | "
+                     f"{_ms(r, 'nmi_latent', 100, '{:.1f}')} | {_ms(r, 'nmi_latent_skip', 100, '{:.1f}')} | "
+                     f"{_ms(r, 'acc', 100, '{:.1f}')} | {_ms(r, 'ari', 100, '{:.1f}')} |")
+    lines += ["", "Paper's claims, checked on these runs (skip model minus its plain twin, mean over seeds):", ""]
+    for c in claims:
+        lines.append(f"- {c['dataset']} {c['pair']}: PSNR {c['psnr_gain_db']:+.2f} dB, NMI "
+                     f"{100 * c['nmi_change']:+.1f}, latent+skip recovers {100 * c['latent_skip_recovery']:+.1f} "
+                     f"NMI points -> PSNR +5 dB: {'yes' if c['psnr_claim'] else 'no'}; NMI lower: "
+                     f"{'yes' if c['nmi_claim'] else 'no'}; latent+skip recovers part: "
+                     f"{'yes' if c['recovery_claim'] else 'no'}")
+    return "\n".join(lines) + "\n"
+
+
+def check_claims(rows) -> list[dict]:
+    """Per dataset and (plain, skip) pair: PSNR gain, NMI change, NMI recovered by latent+skip."""
+    by = {(r["dataset"], r["model"]): r for r in rows}
+    out = []
+    for (ds, model), r in by.items():
+        if not model.endswith("_skip") and TRAINED_LS not in model:
+            continue
+        plain = by.get((ds, model.replace("_skip", "")))
+        if plain is None or "psnr" not in r or "nmi" not in r:
+            continue
+        gain = r["psnr"]["mean"] - plain["psnr"]["mean"]
+        change = r["nmi"]["mean"] - plain["nmi"]["mean"]
+        rec = r["nmi_latent_skip"]["mean"] - r["nmi"]["mean"]
+        out.append({"dataset": ds, "pair": f"{model} vs {plain['model']}", "psnr_gain_db": gain,
+                    "nmi_change": change, "latent_skip_recovery": rec,
+                    "psnr_claim": bool(gain >= 5.0), "nmi_claim": bool(change < 0),
+                    "recovery_claim": bool(change < 0 and rec > 0)})
+    return out
+
+
+def reproduce_figures(groups, rows, fig: pathlib.Path) -> None:
+    """Fig. 4, 6, 7, 8, 9, 11 and Table 3 of the paper from the runs' files."""
+    from aeclust_jax import viz
+    fig.mkdir(parents=True, exist_ok=True)
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    pick = lambda r, k: (r[k]["mean"], r[k]["std"]) if k in r else (np.nan, 0.0)
+    bars = lambda k, s=1.0: {ds: {r["model"]: tuple(v * s for v in pick(r, k)) for r in rows
+                                  if r["dataset"] == ds} for ds in datasets}
+    viz.grouped_bars(bars("psnr"), fig / "fig6_psnr.png", ylabel="PSNR (dB)", title="Fig. 6: PSNR")
+    viz.grouped_bars(bars("nmi", 100), fig / "fig7_nmi.png", ylabel="NMI (t-SNE + K-means)",
+                     title="Fig. 7: NMI")
+    fig11 = {}
+    for r in rows:
+        fig11[f"{r['dataset']}\n{r['model']}"] = {"latent": tuple(100 * v for v in pick(r, "nmi")),
+                                                  "latent+skip": tuple(100 * v for v in pick(r, "nmi_latent_skip"))}
+    viz.grouped_bars(fig11, fig / "fig11_latent_skip.png", ylabel="NMI", title="Fig. 11: latent vs latent+skip")
+    for ds in datasets:
+        first = {name: items[0][1] for (d, name), items in groups.items() if d == ds}
+        evals = {name: np.load(d / "eval.npz") for name, d in first.items() if (d / "eval.npz").is_file()}
+        if not evals:
+            continue
+        viz.tsne_panels({name: (e["tsne"], e["labels"]) for name, e in evals.items()},
+                        fig / f"fig8_tsne_{ds}.png", title=f"Fig. 8: t-SNE of the latent, {ds}")
+        skip_names = [n for n in evals if n.endswith("_skip")]
+        if skip_names:
+            e = evals[skip_names[0]]
+            maps = _ordered_maps({k: e[k] for k in e.files})
+            if maps:
+                viz.feature_maps(maps, fig / f"fig9_feature_maps_{ds}.png",
+                                 title=f"Fig. 9: decoder maps, latent path vs skip branch ({skip_names[0]}, {ds})")
+        rows_img = [next(iter(evals.values()))["clean"]] + [e["recon"] for e in evals.values()]
+        viz.reconstruction_grid(rows_img, fig / f"table3_recon_{ds}.png",
+                                row_names=["input"] + list(evals), title=f"Table 3: reconstructions, {ds}")
+        cae = first.get("cae")
+        hist = [] if cae is None else [r for r in map(__import__("json").loads,
+                                                      (cae / "history.jsonl").read_text().splitlines())
+                                       if "nmi" in r]
+        if hist:
+            viz.curves([r["epoch"] for r in hist], {"PSNR (dB)": [r["psnr"] for r in hist],
+                                                    "NMI": [r["nmi"] for r in hist]},
+                       fig / f"fig4_cae_curves_{ds}.png", title=f"Fig. 4: cae on {ds}, PSNR and NMI per epoch")

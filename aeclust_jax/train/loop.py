@@ -75,7 +75,7 @@ def fit(state, data: dict[str, np.ndarray], loss_fn: LossFn, *, batch_size: int,
         checkpointer: Checkpointer | None = None, resume: bool = False,
         history_path: str | os.PathLike | None = None, progress: bool = True,
         desc: str = "train", log_every: int = 50,
-        stop_after_steps: int | None = None) -> FitResult:
+        step_hook: Callable[[int, int], None] | None = None) -> FitResult:
     """Trains ``state`` on ``data`` (dict of host arrays with the same N) for ``epochs`` epochs.
 
     Epoch ``e`` (1-based) shuffles with ``fold_in(key, e)``; step ``s`` of it gets the loss rng
@@ -87,8 +87,8 @@ def fit(state, data: dict[str, np.ndarray], loss_fn: LossFn, *, batch_size: int,
     numbers join that epoch's history record. ``checkpointer`` saves on its schedule and after
     the last epoch; ``resume`` restores its newest checkpoint first. A non-finite loss raises
     TrainingDivergedError (checked every ``log_every`` steps and at each epoch end) before any
-    later checkpoint is written. ``stop_after_steps`` (tests) raises KeyboardInterrupt after that
-    many steps of this call, simulating a kill.
+    later checkpoint is written. ``step_hook(epoch, step)`` runs on the host after each step is
+    dispatched (tests use it to kill the process mid-epoch).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -115,7 +115,7 @@ def fit(state, data: dict[str, np.ndarray], loss_fn: LossFn, *, batch_size: int,
     real = np.full(steps, batch_size, np.float64)
     if last_batch == "pad":
         real[-1] = n - (steps - 1) * batch_size
-    seconds, seen, done_steps = 0.0, 0, 0
+    seconds, seen = 0.0, 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -131,9 +131,8 @@ def fit(state, data: dict[str, np.ndarray], loss_fn: LossFn, *, batch_size: int,
                 state, loss, aux = train_step(state, batched, mask, np.int32(s), ekey)
                 losses.append(loss)
                 auxes.append(aux)
-                done_steps += 1
-                if stop_after_steps is not None and done_steps >= stop_after_steps:
-                    raise KeyboardInterrupt(f"stopped after {done_steps} steps (stop_after_steps)")
+                if step_hook is not None:
+                    step_hook(epoch, s)
                 if (s + 1) % log_every == 0 or s + 1 == steps:
                     bad = _first_bad(losses[checked:])
                     if bad is not None:

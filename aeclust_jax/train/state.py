@@ -13,7 +13,8 @@ from flax.training.train_state import TrainState
 def create_train_state(model, key: jax.Array, sample_input, optimizer: optax.GradientTransformation,
                        *, init_kwargs: dict[str, Any] | None = None, params=None) -> TrainState:
     """Initialises ``model`` on ``sample_input`` (an array, or a tuple of positional args) with
-    ``key`` and pairs its params with ``optimizer``. ``params`` skips init (e.g. pretrained).
+    ``key`` and pairs its params with ``optimizer``. ``params`` skips init (e.g. pretrained;
+    then ``model`` may be None for a loss that is not a Flax model).
 
     Only the ``params`` collection is kept: models with mutable state (batch norm) are not
     supported by this engine.
@@ -23,7 +24,8 @@ def create_train_state(model, key: jax.Array, sample_input, optimizer: optax.Gra
         # jitted: an eager init dispatches (and compiles) every op separately, ~20x slower
         init = jax.jit(functools.partial(model.init, **(init_kwargs or {})))
         params = init(key, *args)["params"]
-    return TrainState.create(apply_fn=model.apply, params=params, tx=optimizer)
+    apply_fn = model.apply if model is not None else None
+    return TrainState.create(apply_fn=apply_fn, params=params, tx=optimizer)
 
 
 def count_params(params, where=None) -> int:
