@@ -1,0 +1,6 @@
+"""Clustering in jnp: kmeans / KMeans, knn_classify, spectral + dsc_affinity, tsne backends."""
+
+from aeclust_jax.cluster._kmeans import KMeans, KMeansResult, kmeans
+from aeclust_jax.cluster._tsne import kl_divergence, tsne
+
+__all__ = ["kmeans", "KMeans", "KMeansResult", "tsne", "kl_divergence"]
