@@ -1,0 +1,115 @@
+"""Spectral clustering and DSC-Net's affinity post-processing vs the published numpy procedure."""
+
+import jax
+import numpy as np
+import pytest
+from scipy.sparse.linalg import svds
+from sklearn.cluster import SpectralClustering
+from sklearn.metrics import adjusted_rand_score
+from sklearn.preprocessing import normalize
+
+from aeclust_jax import metrics
+from aeclust_jax.cluster import dsc_affinity, spectral
+from aeclust_jax.cluster._spectral import threshold_columns
+
+
+# --- numpy transcription of DSC-Net's thrC / post_proC (panji1990/Deep-subspace-clustering-networks)
+def thrC(C, ro):
+    if ro < 1:
+        N = C.shape[1]
+        Cp = np.zeros((N, N))
+        S = np.abs(np.sort(-np.abs(C), axis=0))
+        Ind = np.argsort(-np.abs(C), axis=0)
+        for i in range(N):
+            cL1 = np.sum(S[:, i]).astype(float)
+            stop = False
+            csum = 0
+            t = 0
+            while not stop:
+                csum = csum + S[t, i]
+                t = t + 1
+                if csum > ro * cL1:
+                    stop = True
+                    Cp[Ind[0:t, i], i] = C[Ind[0:t, i], i]
+    else:
+        Cp = C
+    return Cp
+
+
+def post_proC_affinity(C, K, d, alpha):
+    C = 0.5 * (C + C.T)
+    r = d * K + 1
+    U, S, _ = svds(C, r, v0=np.ones(C.shape[0]))
+    U = U[:, ::-1]
+    S = np.sqrt(S[::-1])
+    S = np.diag(S)
+    U = U.dot(S)
+    U = normalize(U, norm="l2", axis=1)
+    Z = U.dot(U.T)
+    Z = Z * (Z > 0)
+    L = np.abs(Z ** alpha)
+    L = L / L.max()
+    L = 0.5 * (L + L.T)
+    return L
+
+
+def subspace_data(k=4, per=40, dim=4, seed=0):
+    """A self-expression-like C (N, N): block diagonal, each block a random rank-`dim` PSD matrix
+    (distinct, well separated singular values), plus small dense noise; labels (N,)."""
+    rng = np.random.default_rng(seed)
+    n = k * per
+    C = 1e-3 * rng.normal(size=(n, n))
+    for i in range(k):
+        w = rng.normal(size=(per, dim)) * rng.uniform(0.5, 2.0, dim)
+        C[i * per:(i + 1) * per, i * per:(i + 1) * per] += w @ w.T / per
+    return C, np.repeat(np.arange(k), per)
+
+
+def test_threshold_columns_matches_thrC():
+    rng = np.random.default_rng(1)
+    C = rng.normal(size=(60, 60)) * rng.random((60, 60)) ** 4
+    for ro in (0.04, 0.3, 0.9):
+        np.testing.assert_allclose(threshold_columns(C.astype(np.float32), ro),
+                                   thrC(C.astype(np.float32), ro), atol=1e-7)
+
+
+def test_dsc_affinity_matches_post_proC():
+    # ro = 0.3 and rank d*k+1 = 17 > the 16 signal directions: every row keeps support in the
+    # kept subspace (with ro = 0.04 some rows vanish and their normalised direction is noise).
+    C, _ = subspace_data()
+    L_ref = post_proC_affinity(thrC(C, 0.3), 4, 4, 8.0)
+    with jax.enable_x64(True):
+        L = np.asarray(dsc_affinity(C, 4, d=4, alpha=8.0, ro=0.3))
+    np.testing.assert_allclose(L, L_ref, atol=1e-8)
+    L32 = np.asarray(dsc_affinity(C.astype(np.float32), 4, d=4, alpha=8.0, ro=0.3))
+    np.testing.assert_allclose(L32, L_ref, atol=1e-3)
+
+
+def test_spectral_recovers_subspaces_like_sklearn():
+    C, y = subspace_data(seed=2)
+    L = np.asarray(dsc_affinity(C, 4, d=4, ro=0.3))
+    ours = np.asarray(spectral(L, 4, key=jax.random.PRNGKey(0)))
+    ref = SpectralClustering(4, affinity="precomputed", assign_labels="discretize",
+                             random_state=0).fit_predict(L)
+    assert metrics.acc(y, ours) >= metrics.acc(y, ref) - 1e-9
+    assert metrics.acc(y, ours) > 0.95
+
+
+def test_spectral_noisy_blocks_agree_with_sklearn():
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(5), 30)
+    A = np.where(y[:, None] == y[None, :], 0.6, 0.25) * rng.random((150, 150))
+    A = 0.5 * (A + A.T)
+    ours = np.asarray(spectral(A, 5, key=jax.random.PRNGKey(0)))
+    ref = SpectralClustering(5, affinity="precomputed", random_state=0).fit_predict(A)
+    assert adjusted_rand_score(ref, ours) > 0.9
+    assert metrics.acc(y, ours) >= metrics.acc(y, ref) - 0.02
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="square"):
+        spectral(np.ones((3, 4)), 2, key=0)
+    with pytest.raises(ValueError, match="non-negative"):
+        spectral(-np.ones((3, 3)), 2, key=0)
+    with pytest.raises(ValueError, match="exceeds N"):
+        dsc_affinity(np.eye(10), 2, d=12)
