@@ -1,0 +1,828 @@
+"""S3: autoencoder pretraining for classification with 1% of the labels (seed 002, MNIST).
+
+    from aeclust_jax.studies.pretrain import S3Config, run
+    result = run(S3Config(model="mlp_ae", labels_fraction=0.01), train_ds, test_ds)
+    result.metrics      # {"accuracy", "psnr", "nmi", "ae_mse", ...}
+
+Recipe (the seed's own code, ch. 13 of its book, see docs/s3.md): an MLP autoencoder trained on
+all training images without labels (MSE on raw 0..255 pixels), then its encoder + a classifier
+head trained on a stratified ``labels_fraction`` of the labels (softmax cross-entropy), the encoder
+fine-tuned or frozen. Adam (lr 1e-3, eps 1e-8), batch 10, 10 epochs each, weights N(0, 0.03^2).
+
+CLI: ``scripts/train.py --model mlp_ae|mlp ...`` (``train_main``): one run -> run dir with
+``metrics.json``; ``scripts/reproduce.py s3`` (``reproduce_main``): the seed's six experiments and
+the labels-fraction sweep, mean +- std over seeds -> ``results/s3/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import pathlib
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from aeclust_jax import runs, train
+from aeclust_jax.config import ConfigError, load_config, to_dict
+from aeclust_jax.models.mlp import MLPAutoencoder, mlp_autoencoder, mlp_classifier
+
+MODELS = ("mlp", "mlp_ae")
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "s3_mnist.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Config:
+    """Every choice of one S3 run (defaults: the seed's code, experiment 3).
+
+    model: ``mlp`` (classifier only) or ``mlp_ae`` (autoencoder pretraining, then classifier).
+    labels_fraction: stratified fraction of the train labels used for supervised training (equal
+        count per class; 1.0 = every label). The autoencoder always sees every train image.
+    hidden_widths: the classifier's hidden dense layers (the MLP's, and the head on the AE code).
+    encoder_widths: the AE encoder's dense layers, the last being the code; the decoder mirrors it.
+    freeze_encoder: the encoder's params get no update during supervised training.
+    carry_adam_state: supervised training continues the encoder's Adam moments and step count
+        from autoencoding (the seed's code keeps them per parameter); False = a fresh Adam.
+    pixel_max: pixels enter the networks in [0, pixel_max]; 255 = the seed's raw bytes.
+    init_std: dense weights ~ N(0, init_std^2), zero biases; None = Flax's LeCun normal.
+    optimizer / lr / adam_eps: the engine's ``make_optimizer``; batch_size, epochs (supervised),
+        ae_epochs (pretraining; 0 = a random, untrained encoder).
+    train_limit / test_limit: use only the first N train / test images (quick runs, tests).
+    """
+    dataset: str = "mnist"
+    model: str = "mlp_ae"
+    labels_fraction: float = 0.01
+    hidden_widths: tuple[int, ...] = (10,)
+    encoder_widths: tuple[int, ...] = (10,)
+    activation: str = "relu"
+    code_activation: str = "relu"
+    freeze_encoder: bool = False
+    carry_adam_state: bool = True
+    pixel_max: float = 255.0
+    init_std: float | None = 0.03
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    adam_eps: float = 1e-8
+    batch_size: int = 10
+    ae_epochs: int = 10
+    epochs: int = 10
+    seed: int = 0
+    train_limit: int | None = None
+    test_limit: int | None = None
+
+    def __post_init__(self):
+        for name in ("hidden_widths", "encoder_widths"):
+            v = getattr(self, name)
+            object.__setattr__(self, name, (int(v),) if isinstance(v, (int, np.integer))
+                               else tuple(int(a) for a in v))
+        checks = {
+            "model": self.model in MODELS,
+            "labels_fraction": 0.0 < float(self.labels_fraction) <= 1.0,
+            "encoder_widths": len(self.encoder_widths) >= 1 and min(self.encoder_widths) >= 1,
+            "hidden_widths": all(w >= 1 for w in self.hidden_widths),
+            "pixel_max": float(self.pixel_max) > 0,
+            "init_std": self.init_std is None or float(self.init_std) > 0,
+            "lr": float(self.lr) > 0,
+            "batch_size": int(self.batch_size) >= 1,
+            "epochs": int(self.epochs) >= 1,
+            "ae_epochs": int(self.ae_epochs) >= 0,
+            "train_limit": self.train_limit is None or int(self.train_limit) >= 1,
+            "test_limit": self.test_limit is None or int(self.test_limit) >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(
+                f"invalid S3 config value(s) for {bad}: "
+                + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+                + f" (model in {MODELS}; 0 < labels_fraction <= 1; widths >= 1; lr, pixel_max,"
+                  " init_std > 0; batch_size, epochs >= 1; ae_epochs >= 0)")
+
+
+# ----------------------------------------------------------------------------- the seed's experiments
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """One row of the seed's table: its number, our name, its words and its test accuracy."""
+    number: int
+    name: str
+    description: str
+    seed_accuracy: float
+    overrides: dict
+
+    def config(self, base: S3Config) -> S3Config:
+        return dataclasses.replace(base, **self.overrides)
+
+
+EXPERIMENTS: tuple[Experiment, ...] = (
+    Experiment(1, "mlp_all", "MLP, hidden width 10, all labels", 0.900,
+               dict(model="mlp", labels_fraction=1.0)),
+    Experiment(2, "mlp_1p", "same MLP, 1% of the labels", 0.684,
+               dict(model="mlp", labels_fraction=0.01)),
+    Experiment(3, "ae_finetune", "AE (code 10) pretrained on all images, classifier on 1%", 0.746,
+               dict(model="mlp_ae", labels_fraction=0.01, encoder_widths=(10,))),
+    Experiment(4, "ae_frozen", "as 3, encoder frozen during supervised training", 0.749,
+               dict(model="mlp_ae", labels_fraction=0.01, encoder_widths=(10,), freeze_encoder=True)),
+    Experiment(5, "ae_wide", "as 3 with an extra width-64 layer in encoder and decoder", 0.796,
+               dict(model="mlp_ae", labels_fraction=0.01, encoder_widths=(64, 10))),
+    Experiment(6, "ae_code1", "as 5 with code width 1", 0.187,
+               dict(model="mlp_ae", labels_fraction=0.01, encoder_widths=(64, 1))),
+)
+SWEEP_FRACTIONS: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
+SWEEP_METHODS: dict[str, dict] = {
+    "mlp": dict(model="mlp"),
+    "ae_frozen": dict(model="mlp_ae", encoder_widths=(10,), freeze_encoder=True),
+    "ae_finetune": dict(model="mlp_ae", encoder_widths=(10,), carry_adam_state=False),
+    "ae_finetune_carried": dict(model="mlp_ae", encoder_widths=(10,), carry_adam_state=True),
+}
+# Beyond the seed: experiments 3 and 5 with a fresh Adam for supervised training (real fine-tuning;
+# the seed's code carries the encoder's Adam state over from pretraining, see docs/s3.md).
+VARIANTS: tuple[Experiment, ...] = (
+    Experiment(3, "ae_finetune_fresh_adam", "as 3, fresh Adam state for supervised training", 0.746,
+               dict(model="mlp_ae", labels_fraction=0.01, encoder_widths=(10,), carry_adam_state=False)),
+    Experiment(5, "ae_wide_fresh_adam", "as 5, fresh Adam state for supervised training", 0.796,
+               dict(model="mlp_ae", labels_fraction=0.01, encoder_widths=(64, 10),
+                    carry_adam_state=False)),
+)
+
+
+# ----------------------------------------------------------------------------- core pieces
+
+def stratified_subset(labels: np.ndarray, fraction: float, *, seed: int,
+                      num_classes: int | None = None) -> np.ndarray:
+    """Sorted row indices (M,) of a label budget of ``fraction`` of ``labels`` (N,), stratified.
+
+    fraction < 1: the same number of rows from every class, round(fraction * N / num_classes)
+    (at least 1), drawn without replacement with ``numpy.random.default_rng(seed)``; MNIST at 0.01
+    gives 60 per class = 600. fraction == 1: every row. A class with too few rows raises ValueError.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be (N,), got shape {labels.shape}")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"labels fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return np.arange(len(labels))
+    k = num_classes if num_classes is not None else int(labels.max()) + 1
+    per_class = max(1, int(round(fraction * len(labels) / k)))
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in range(k):
+        rows = np.flatnonzero(labels == c)
+        if len(rows) < per_class:
+            raise ValueError(f"labels fraction {fraction} needs {per_class} rows of class {c}, "
+                             f"which has only {len(rows)}")
+        picked.append(rng.choice(rows, per_class, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+# Models, optimizers, losses and prediction functions are built once per distinct setting
+# (functools.cache): jit then reuses its compiled epoch / predict functions across the runs of a
+# reproduction instead of recompiling for every run.
+
+def build_model(cfg: S3Config, image_shape: Sequence[int], num_classes: int):
+    """The Flax module of ``cfg.model`` (MLPClassifier or MLPAutoencoder), one object per setting."""
+    return _model(cfg.model, tuple(int(s) for s in image_shape), int(num_classes), cfg.hidden_widths,
+                  cfg.encoder_widths, cfg.activation, cfg.code_activation, cfg.init_std)
+
+
+@functools.cache
+def _model(name, image_shape, num_classes, hidden, encoder, activation, code_activation, init_std):
+    if name == "mlp":
+        return mlp_classifier(hidden_widths=hidden, num_classes=num_classes, activation=activation,
+                              init_std=init_std)
+    return mlp_autoencoder(image_shape=image_shape, encoder_widths=encoder, head_widths=hidden,
+                           num_classes=num_classes, activation=activation,
+                           code_activation=code_activation, init_std=init_std)
+
+
+def scaled(images: jax.Array, pixel_max: float) -> jax.Array:
+    """uint8 (N, H, W, C) -> float32 in [0, pixel_max]."""
+    return train.to_float(images) * pixel_max
+
+
+def logits_fn(model) -> Callable:
+    """``(params, x) -> logits (N, num_classes)`` for either model; x float images."""
+    if isinstance(model, MLPAutoencoder):
+        return lambda p, x: model.apply({"params": p}, x, method=MLPAutoencoder.classify)
+    return lambda p, x: model.apply({"params": p}, x)
+
+
+GROUPS = ("encoder", "decoder", "head")
+
+
+def param_labels(params) -> Any:
+    """The group of every leaf of MLPAutoencoder params: ``encoder`` (``encoder_hidden/...``,
+    ``encoder_code/...``), ``decoder`` or ``head``."""
+    def group(path, _):
+        top = train.path_str(path).split("/")[0]
+        for g in GROUPS:
+            if top.startswith(g):
+                return g
+        raise ValueError(f"parameter {train.path_str(path)!r} is in no group {GROUPS}")
+    return jax.tree_util.tree_map_with_path(group, params)
+
+
+@functools.cache
+def group_optimizer(optimizer: str, lr: float, adam_eps: float,
+                    trained: tuple[str, ...] | None) -> optax.GradientTransformation:
+    """The engine's optimizer (``train.make_optimizer``) for all params (``trained=None``), or one
+    per AE parameter group in ``trained`` with zero updates and no state for the others.
+    Per-group states let the encoder's Adam state outlive the pretraining phase."""
+    if trained is None:
+        return train.make_optimizer(optimizer, lr, adam_eps=adam_eps)
+    inner = {g: (train.make_optimizer(optimizer, lr, adam_eps=adam_eps)
+                 if g in trained else optax.set_to_zero()) for g in GROUPS}
+    return optax.multi_transform(inner, param_labels)
+
+
+@functools.cache
+def reconstruction_loss(model: MLPAutoencoder, pixel_max: float) -> train.steps.LossFn:
+    """Engine loss: mean squared error of the reconstruction in [0, pixel_max] units."""
+    def loss_fn(p, batch, rng):
+        x = scaled(batch["image"], pixel_max)
+        recon = model.apply({"params": p}, x, method=lambda m, x: m.decode(m.encode(x)))
+        return train.masked_mean((recon - x) ** 2, batch["mask"]), {}
+    return loss_fn
+
+
+@functools.cache
+def classification_loss(model, pixel_max: float) -> train.steps.LossFn:
+    """Engine loss: softmax cross-entropy of the logits; aux ``accuracy`` of the batch."""
+    logits_of = logits_fn(model)
+
+    def loss_fn(p, batch, rng):
+        logits = logits_of(p, scaled(batch["image"], pixel_max))
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        hit = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        return train.masked_mean(ce, batch["mask"]), {"accuracy": train.masked_mean(hit, batch["mask"])}
+    return loss_fn
+
+
+@functools.cache
+def _epoch_runner(loss_fn: train.steps.LossFn) -> Callable:
+    """Jitted ``(state, batched (steps, B, ...), mask (steps, B), epoch_key, weights (steps,))
+    -> (state, weighted loss, weighted aux, all losses finite)``: the epoch's steps in a scan."""
+    @jax.jit
+    def run_epoch(state, batched, mask, ekey, weights):
+        def step(state, s):
+            batch = {k: v[s] for k, v in batched.items()}
+            batch["mask"] = mask[s]
+            rng = jax.random.fold_in(ekey, s)
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+            return state.apply_gradients(grads=grads), (loss, aux)
+        steps = mask.shape[0]
+        state, (losses, auxes) = jax.lax.scan(step, state, jnp.arange(steps, dtype=jnp.int32))
+        means = {k: jnp.sum(v * weights) for k, v in auxes.items()}
+        return state, jnp.sum(losses * weights), means, jnp.all(jnp.isfinite(losses))
+    return run_epoch
+
+
+def fit_scanned(state, data: dict[str, np.ndarray], loss_fn: train.steps.LossFn, *,
+                batch_size: int, epochs: int, key: jax.Array, progress: bool = False,
+                desc: str = "train") -> tuple[Any, list[dict]]:
+    """``train.fit`` with each epoch's steps in one ``lax.scan`` (for tiny models at batch 10).
+
+    Same batches and keys as ``train.fit`` with ``last_batch="pad"`` (epoch ``e`` shuffled by the
+    engine's epoch function with ``fold_in(key, e)``, step ``s`` rng ``fold_in(that, s)``), so the
+    same params up to float rounding. Why: at batch 10 the engine's per-step dispatch dominates;
+    measured on this 2-core machine, a scanned epoch ran ~17x faster (docs/s3.md).
+    Returns (state, history: one {"epoch", "loss", aux..., "seconds"} per epoch, loss and aux
+    averaged over real rows).
+    """
+    n = len(next(iter(data.values())))
+    mesh = train.make_mesh()
+    steps = train.steps_per_epoch(n, batch_size, "pad")
+    epoch_fn = train.steps.make_epoch_fn(n, batch_size, steps, mesh)
+    arrays = {k: train.shard_rows(v, mesh) for k, v in data.items()}
+    state = train.replicate(state, mesh)
+    real = np.full(steps, batch_size, np.float64)
+    real[-1] = n - (steps - 1) * batch_size
+    weights = jnp.asarray(real / real.sum(), jnp.float32)
+    run_epoch = _epoch_runner(loss_fn)
+    history = []
+    epochs_iter = range(1, epochs + 1)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = epochs_iter = tqdm(epochs_iter, desc=desc, unit="epoch", dynamic_ncols=True)
+    for epoch in epochs_iter:
+        t0 = time.perf_counter()
+        ekey = jax.random.fold_in(key, epoch)
+        batched, mask = epoch_fn(arrays, ekey)
+        state, loss, aux, finite = run_epoch(state, batched, mask, ekey, weights)
+        if not bool(finite):
+            raise train.TrainingDivergedError(epoch, -1, float("nan"), None)
+        rec = {"epoch": epoch, "loss": float(loss), **{k: float(v) for k, v in aux.items()}}
+        rec["seconds"] = time.perf_counter() - t0
+        history.append(rec)
+        if bar is not None:
+            bar.set_postfix(loss=f"{rec['loss']:.4g}")
+    return state, history
+
+
+def pretrain_autoencoder(cfg: S3Config, model: MLPAutoencoder, params, images: np.ndarray,
+                         key: jax.Array, *, progress: bool = False) -> tuple[Any, Any, list[dict]]:
+    """Trains encoder + decoder of ``params`` on ``images`` uint8 (N, H, W, C), no labels: mean
+    squared error in [0, pixel_max] units (the seed's "cost"); the head is untouched.
+    Returns (params, the encoder's optimizer state, history)."""
+    tx = group_optimizer(cfg.optimizer, cfg.lr, cfg.adam_eps, ("encoder", "decoder"))
+    state = train.create_train_state(model, key, None, tx, params=params)
+    state, history = fit_scanned(state, {"image": images}, reconstruction_loss(model, cfg.pixel_max),
+                                 batch_size=cfg.batch_size, epochs=cfg.ae_epochs, key=key,
+                                 progress=progress, desc="autoencode")
+    return state.params, state.opt_state.inner_states["encoder"], history
+
+
+def classifier_state(cfg: S3Config, model, params, key: jax.Array, encoder_opt_state=None):
+    """The engine TrainState of supervised training: MLP: one optimizer; AE: per-group
+    optimizers (head, and the encoder unless frozen), the encoder's Adam state taken from
+    ``encoder_opt_state`` when given (the seed's code carries it over from pretraining)."""
+    trained = None if cfg.model == "mlp" else (
+        ("head",) if cfg.freeze_encoder else ("encoder", "head"))
+    tx = group_optimizer(cfg.optimizer, cfg.lr, cfg.adam_eps, trained)
+    state = train.create_train_state(model, key, None, tx, params=params)
+    if trained is not None and encoder_opt_state is not None and "encoder" in trained:
+        inner = dict(state.opt_state.inner_states, encoder=encoder_opt_state)
+        state = state.replace(opt_state=state.opt_state._replace(inner_states=inner))
+    return state
+
+
+def train_classifier(cfg: S3Config, model, params, images: np.ndarray, labels: np.ndarray,
+                     key: jax.Array, *, encoder_opt_state=None,
+                     progress: bool = False) -> tuple[Any, list[dict]]:
+    """Supervised training of ``params`` on labelled images (N, H, W, C) uint8 / labels (N,):
+    softmax cross-entropy. AE: the decoder never moves; with ``cfg.freeze_encoder`` neither does
+    the encoder; else ``encoder_opt_state`` (from pretraining), when given, seeds its Adam state."""
+    state = classifier_state(cfg, model, params, key, encoder_opt_state)
+    state, history = fit_scanned(state, {"image": images, "label": labels},
+                                 classification_loss(model, cfg.pixel_max),
+                                 batch_size=cfg.batch_size, epochs=cfg.epochs, key=key,
+                                 progress=progress, desc="supervised")
+    return state.params, history
+
+
+@functools.cache
+def _predict_fn(model, pixel_max: float, what: str) -> Callable:
+    """Jittable ``(params, batch) -> outputs`` on uint8 ``batch["image"]``; what: logits | codes |
+    recon_codes."""
+    def fn(p, b):
+        x = scaled(b["image"], pixel_max)
+        if what == "logits":
+            return logits_fn(model)(p, x)
+        code = model.apply({"params": p}, x, method=MLPAutoencoder.encode)
+        if what == "codes":
+            return code
+        return model.apply({"params": p}, code, method=MLPAutoencoder.decode), code
+    return fn
+
+
+def predict(model, params, images: np.ndarray, pixel_max: float, what: str) -> Any:
+    """``_predict_fn`` outputs over all images (N, H, W, C) uint8, in batches of 2000."""
+    return train.predict(_predict_fn(model, float(pixel_max), what), params, {"image": images},
+                         batch_size=2000, mesh=train.make_mesh())
+
+
+def encode(model: MLPAutoencoder, params, images: np.ndarray, pixel_max: float) -> np.ndarray:
+    """Codes (N, encoder_widths[-1]) of uint8 images (N, H, W, C)."""
+    return predict(model, params, images, pixel_max, "codes")
+
+
+def autoencoder_metrics(cfg: S3Config, model: MLPAutoencoder, params, test_images: np.ndarray,
+                        test_labels: np.ndarray, num_classes: int, key: jax.Array) -> dict[str, float]:
+    """``psnr`` (dB; reconstructions clipped to the pixel range, on [0, 1] with max 1, mean over
+    images), ``ae_mse`` (in [0, pixel_max] units, the seed's "cost") and ``nmi`` of K-means
+    (k = num_classes, k-means++, 10 restarts) on the codes of the test images (N, H, W, C)."""
+    from aeclust_jax.cluster import kmeans
+    from aeclust_jax.metrics import nmi, psnr
+
+    recon, codes = predict(model, params, test_images, cfg.pixel_max, "recon_codes")
+    x01 = test_images.astype(np.float32) / 255.0
+    r01 = np.clip(recon / cfg.pixel_max, 0.0, 1.0)
+    clusters = kmeans(jnp.asarray(codes, jnp.float32), num_classes, key=key, n_init=10).labels
+    return {"psnr": float(np.mean(np.asarray(psnr(r01, x01, max_val=1.0)))),
+            "ae_mse": float(np.mean((recon - x01 * cfg.pixel_max) ** 2)),
+            "nmi": float(nmi(test_labels, np.asarray(clusters)))}
+
+
+def evaluate(cfg: S3Config, model, params, test_images: np.ndarray, test_labels: np.ndarray,
+             num_classes: int, key: jax.Array) -> dict[str, float]:
+    """Test ``accuracy`` of the classifier; for the AE also ``autoencoder_metrics``."""
+    from aeclust_jax.metrics import accuracy
+
+    logits = predict(model, params, test_images, cfg.pixel_max, "logits")
+    out = {"accuracy": float(accuracy(test_labels, np.argmax(logits, -1)))}
+    if isinstance(model, MLPAutoencoder):
+        out.update(autoencoder_metrics(cfg, model, params, test_images, test_labels, num_classes, key))
+    return out
+
+
+@dataclasses.dataclass
+class RunResult:
+    config: S3Config
+    metrics: dict[str, float]
+    params: Any                        # final params
+    pretrained: Any                    # AE after pretraining: {"params", "encoder_opt_state"} (MLP: None)
+    history: dict[str, list[dict]]     # {"autoencode": [...], "supervised": [...]}
+    labelled_rows: np.ndarray          # indices of the train rows whose labels were used
+
+
+def seed_keys(seed: int) -> dict[str, jax.Array]:
+    """The keys of one run, each derived from ``seed`` alone (so exp. 3 and 4 share init + AE)."""
+    base = jax.random.key(seed)
+    return {name: jax.random.fold_in(base, i) for i, name in
+            enumerate(("init", "autoencode", "supervised", "kmeans"))}
+
+
+def limit(images: np.ndarray, labels: np.ndarray, n: int | None):
+    return (images, labels) if n is None else (images[:n], labels[:n])
+
+
+def run(cfg: S3Config, train_ds, test_ds, *, pretrained=None, progress: bool = False) -> RunResult:
+    """One S3 run on Dataset splits (``images`` uint8 (N, H, W, C), ``labels`` (N,)).
+
+    ``pretrained``: ``RunResult.pretrained`` of a run with the same encoder config and seed (skips
+    pretraining; the reproduction shares it between experiments 3 and 4 and the sweep).
+    """
+    x_tr, y_tr = limit(train_ds.images, train_ds.labels, cfg.train_limit)
+    x_te, y_te = limit(test_ds.images, test_ds.labels, cfg.test_limit)
+    k = int(train_ds.num_classes)
+    model = build_model(cfg, x_tr.shape[1:], k)
+    keys = seed_keys(cfg.seed)
+    history: dict[str, list[dict]] = {}
+    if pretrained is None:
+        params = model.init(keys["init"], jnp.zeros((1,) + x_tr.shape[1:], jnp.float32))["params"]
+        pretrained = {"params": params, "encoder_opt_state": None} if cfg.model == "mlp_ae" else None
+        if cfg.model == "mlp_ae" and cfg.ae_epochs > 0:
+            params, enc_state, history["autoencode"] = pretrain_autoencoder(
+                cfg, model, params, x_tr, keys["autoencode"], progress=progress)
+            pretrained = {"params": params, "encoder_opt_state": enc_state}
+    params = pretrained["params"] if pretrained is not None else params
+    ae_params = params if cfg.model == "mlp_ae" else None
+    carried = pretrained["encoder_opt_state"] if (pretrained and cfg.carry_adam_state) else None
+    rows = stratified_subset(y_tr, cfg.labels_fraction, seed=cfg.seed, num_classes=k)
+    params, history["supervised"] = train_classifier(
+        cfg, model, params, x_tr[rows], y_tr[rows], keys["supervised"], encoder_opt_state=carried,
+        progress=progress)
+    metrics = evaluate(cfg, model, params, x_te, y_te, k, keys["kmeans"])
+    if ae_params is not None:   # the AE as pretrained (frozen: encoder and decoder unchanged)
+        pre = ({n: metrics[n] for n in ("psnr", "ae_mse", "nmi")} if cfg.freeze_encoder else
+               autoencoder_metrics(cfg, model, ae_params, x_te, y_te, k, keys["kmeans"]))
+        metrics.update({f"pretrained_{name}": v for name, v in pre.items()})
+    metrics["labels_used"] = int(len(rows))
+    return RunResult(cfg, metrics, params, pretrained, history, rows)
+
+
+def load_splits(cfg: S3Config):
+    """(train, test) Dataset of ``cfg.dataset`` via ``aeclust_jax.data.load``."""
+    from aeclust_jax.data import load
+    return load(cfg.dataset, "train"), load(cfg.dataset, "test")
+
+
+# ----------------------------------------------------------------------------- CLI: train
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py", description="S3: train one MLP classifier (mlp) or autoencoder-pretrained "
+        "classifier (mlp_ae) with a fraction of the labels, then evaluate it.")
+    p.add_argument("--model", required=True, choices=MODELS)
+    p.add_argument("--dataset", help="dataset name (default mnist)")
+    p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.name} when present)")
+    p.add_argument("--labels-fraction", type=float, help="stratified fraction of the labels (0.01)")
+    p.add_argument("--encoder-widths", type=int, nargs="+", metavar="W",
+                   help="encoder dense widths, the last = code (default 10; e.g. 64 10)")
+    p.add_argument("--hidden-widths", type=int, nargs="*", metavar="W",
+                   help="classifier hidden widths (default 10; none = a linear head)")
+    p.add_argument("--freeze-encoder", action="store_true", default=None,
+                   help="keep the pretrained encoder fixed during supervised training")
+    p.add_argument("--epochs", type=int, help="supervised epochs (10)")
+    p.add_argument("--ae-epochs", type=int, help="autoencoder epochs (10; 0 = random encoder)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--pixel-max", type=float, help="input scale: 255 (raw bytes, the seed) or 1")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--train-limit", type=int, help="use the first N training images")
+    p.add_argument("--test-limit", type=int, help="evaluate on the first N test images")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", help="run folder (default runs/<dataset>-<model>-lf<fraction>-<seed>)")
+    return p
+
+
+def config_from_args(args) -> S3Config:
+    """Defaults <- configs/s3_mnist.yaml (or --config) <- flags."""
+    over = {"model": args.model, "dataset": args.dataset, "labels_fraction": args.labels_fraction,
+            "encoder_widths": args.encoder_widths, "hidden_widths": args.hidden_widths,
+            "freeze_encoder": args.freeze_encoder, "epochs": args.epochs,
+            "ae_epochs": args.ae_epochs, "batch_size": args.batch_size, "lr": args.lr,
+            "pixel_max": args.pixel_max, "seed": args.seed, "train_limit": args.train_limit,
+            "test_limit": args.test_limit}
+    path = args.config
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    cfg = load_config(S3Config, path, over)
+    if cfg.freeze_encoder and cfg.model != "mlp_ae":
+        raise ConfigError("--freeze-encoder needs --model mlp_ae (the plain mlp has no encoder)")
+    return cfg
+
+
+def write_run(out: pathlib.Path, result: RunResult) -> None:
+    """config.yaml, history.jsonl (autoencode then supervised epochs), labelled_rows.npy, then
+    metrics.json last (its presence marks the run complete)."""
+    import json
+
+    import yaml
+    runs.atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(result.config), sort_keys=False))
+    lines = [json.dumps({"phase": phase, **rec}) for phase, recs in result.history.items() for rec in recs]
+    runs.atomic_write_text(out / "history.jsonl", "".join(l + "\n" for l in lines))
+    np.save(out / "labelled_rows.npy", result.labelled_rows)
+    runs.write_json(out / "metrics.json", result.metrics)
+
+
+def train_main(argv: Sequence[str]) -> int:
+    args = _train_parser().parse_args(list(argv))
+    cfg = config_from_args(args)
+    out = pathlib.Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-lf{cfg.labels_fraction:g}-{cfg.seed}")
+    if out.exists() and any(out.iterdir()):
+        raise runs.RunExistsError(f"{out} already holds a run; choose another --out")
+    out = runs.prepare_run_dir(out)
+    train_ds, test_ds = load_splits(cfg)
+    t0 = time.perf_counter()
+    result = run(cfg, train_ds, test_ds, progress=not args.no_progress)
+    result.metrics["seconds"] = time.perf_counter() - t0
+    write_run(out, result)
+    keys = ("accuracy", "psnr", "nmi", "pretrained_nmi", "labels_used")
+    print(" ".join(f"{k}={result.metrics[k]:.4g}" for k in keys if k in result.metrics))
+    print(f"wrote {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- reproduce
+
+SWEEP_NAMES = {"mlp": "MLP (no pretraining)", "ae_frozen": "pretrained encoder, frozen",
+               "ae_finetune": "pretrained encoder, fine-tuned (fresh Adam)",
+               "ae_finetune_carried": "pretrained encoder, fine-tuned (Adam state carried, the seed's)"}
+TSNE_PANELS = (  # figure panel: (title, experiment whose run provides the codes, which params)
+    ("AE code 10, pretrained (exp. 3/4)", EXPERIMENTS[2], "pretrained"),
+    ("AE code 10, fine-tuned on 1%, fresh Adam (exp. 3′)", VARIANTS[0], "final"),
+    ("AE 64-10, pretrained (exp. 5)", EXPERIMENTS[4], "pretrained"),
+)
+
+
+def job_name(cfg: S3Config) -> str:
+    """A file-name-safe id of a run config within a reproduction (model, widths, freeze, labels, seed)."""
+    parts = [cfg.model]
+    if cfg.model == "mlp_ae":
+        parts.append("enc" + "x".join(map(str, cfg.encoder_widths)))
+        parts.append("frozen" if cfg.freeze_encoder else
+                     "finetune-" + ("carried" if cfg.carry_adam_state else "fresh"))
+    parts += [f"lf{cfg.labels_fraction:g}", f"seed{cfg.seed}"]
+    return "-".join(parts)
+
+
+def planned_jobs(base: S3Config, seeds: Sequence[int], experiments: Sequence[Experiment],
+                 fractions: Sequence[float]) -> dict[str, S3Config]:
+    """job name -> config of every run the reproduction needs: ``experiments`` (and the
+    VARIANTS of the listed ones), the sweep; deduplicated, e.g. the sweep's 1% points are
+    experiments 2, 3, 4 and its MLP at 100% is experiment 1."""
+    return _planned(base, seeds, list(experiments) + variants_of(experiments), fractions)
+
+
+def variants_of(experiments: Sequence[Experiment]) -> list[Experiment]:
+    numbers = {e.number for e in experiments}
+    return [v for v in VARIANTS if v.number in numbers]
+
+
+def _planned(base: S3Config, seeds: Sequence[int], experiments: Sequence[Experiment],
+             fractions: Sequence[float]) -> dict[str, S3Config]:
+    jobs: dict[str, S3Config] = {}
+    for seed in seeds:
+        cfgs = [e.config(base) for e in experiments]
+        cfgs += [dataclasses.replace(base, labels_fraction=f, **m)
+                 for m in SWEEP_METHODS.values() for f in fractions]
+        for cfg in cfgs:
+            cfg = dataclasses.replace(cfg, seed=seed)
+            jobs.setdefault(job_name(cfg), cfg)
+    return jobs
+
+
+def _pretrain_id(cfg: S3Config):
+    """Runs with the same id share one pretrained autoencoder."""
+    return (cfg.encoder_widths, cfg.code_activation, cfg.seed, cfg.ae_epochs, cfg.train_limit)
+
+
+def run_jobs(jobs: dict[str, S3Config], train_ds, test_ds, runs_dir: pathlib.Path, *,
+             tsne_samples: int, code_jobs: Sequence[str], progress: bool) -> None:
+    """Runs every job whose ``runs_dir/<name>.json`` is missing, sharing pretrained AEs per
+    (encoder, seed); for the jobs in ``code_jobs`` also saves the codes of the first
+    ``tsne_samples`` test images (``<name>.codes.npz``: pretrained, final) for the t-SNE figure."""
+    todo = [n for n in jobs if not (runs_dir / f"{n}.json").is_file()]
+    cache: dict[Any, Any] = {}
+    names = todo
+    if progress:
+        from tqdm.auto import tqdm
+        names = tqdm(todo, desc="s3 runs", unit="run", dynamic_ncols=True)
+    for name in names:
+        cfg = jobs[name]
+        pid = _pretrain_id(cfg) if cfg.model == "mlp_ae" else None
+        cache = {k: v for k, v in cache.items() if k[2] == cfg.seed}   # this seed's AEs only
+        t0 = time.perf_counter()
+        result = run(cfg, train_ds, test_ds, pretrained=cache.get(pid))
+        if pid is not None:
+            cache[pid] = result.pretrained
+            if name in code_jobs:
+                x = limit(test_ds.images, test_ds.labels, cfg.test_limit)[0][:tsne_samples]
+                model = build_model(cfg, x.shape[1:], int(test_ds.num_classes))
+                np.savez(runs_dir / f"{name}.codes.npz",
+                         pretrained=encode(model, result.pretrained["params"], x, cfg.pixel_max),
+                         final=encode(model, result.params, x, cfg.pixel_max))
+        record = {"name": name, "config": to_dict(cfg), "metrics": result.metrics,
+                  "seconds": time.perf_counter() - t0,
+                  "history": result.history}
+        runs.write_json(runs_dir / f"{name}.json", record)
+
+
+def summarize(jobs: dict[str, S3Config], runs_dir: pathlib.Path, base: S3Config,
+              seeds: Sequence[int], experiments: Sequence[Experiment],
+              fractions: Sequence[float]) -> tuple[list[dict], list[dict], list[dict]]:
+    """(results: one object per experiment, variants: one per VARIANTS row, sweep: one per
+    (method, fraction)), each mean +- std over seeds."""
+    def collect(cfgs: list[S3Config]) -> dict[str, Any]:
+        recs = [runs.read_json(runs_dir / f"{job_name(c)}.json")["metrics"] for c in cfgs]
+        out = {"seeds": [c.seed for c in cfgs], "labels_used": recs[0]["labels_used"]}
+        for key in ("accuracy", "psnr", "nmi", "pretrained_psnr", "pretrained_nmi", "pretrained_ae_mse"):
+            if key in recs[0]:
+                vals = [r[key] for r in recs]
+                ms = runs.mean_std(vals)
+                values = "accuracies" if key == "accuracy" else f"{key}_values"
+                out.update({f"{key}_mean": ms["mean"], f"{key}_std": ms["std"], values: vals})
+        return out
+
+    def rows(exps):
+        out = []
+        for e in exps:
+            cfgs = [dataclasses.replace(e.config(base), seed=s) for s in seeds]
+            row = {"experiment": e.number, "name": e.name, "description": e.description,
+                   "seed_accuracy": e.seed_accuracy, **collect(cfgs)}
+            row["difference"] = row["accuracy_mean"] - e.seed_accuracy
+            out.append(row)
+        return out
+
+    results, variants = rows(experiments), rows(variants_of(experiments))
+    sweep = []
+    for method, over in SWEEP_METHODS.items():
+        for f in fractions:
+            cfgs = [dataclasses.replace(base, labels_fraction=f, seed=s, **over) for s in seeds]
+            sweep.append({"method": method, "labels_fraction": f, **collect(cfgs)})
+    return results, variants, sweep
+
+
+def results_markdown(results: list[dict], variants: list[dict], sweep: list[dict], n_seeds: int,
+                     n_test: int) -> str:
+    """The experiments table next to the seed's numbers, the variants, the sweep (markdown)."""
+    lines = [f"Test accuracy on MNIST ({n_test} test images), mean ± std over {n_seeds} seed(s).", "",
+             "| # | experiment | labels | seed's | ours | ours − seed's | AE PSNR (dB) | NMI of code |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r, mark in [(r, "") for r in results] + [(v, "′") for v in variants]:
+        psnr = f"{r['pretrained_psnr_mean']:.2f}" if "pretrained_psnr_mean" in r else "–"
+        nmi = f"{r['pretrained_nmi_mean']:.3f}" if "pretrained_nmi_mean" in r else "–"
+        lines.append(f"| {r['experiment']}{mark} | {r['description']} | {r['labels_used']} | "
+                     f"{r['seed_accuracy']:.3f} | {r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f} | "
+                     f"{r['difference']:+.3f} | {psnr} | {nmi} |")
+    lines += ["", "AE PSNR and NMI: the pretrained autoencoder (before supervised training); NMI of "
+              "K-means (k=10) on the codes of the test images. Rows marked ′ are not in the seed: "
+              "the same experiment with a fresh Adam state for supervised training."]
+    if not sweep:
+        return "\n".join(lines) + "\n"
+    lines += ["", "Labels-fraction sweep (test accuracy, mean ± std):", "",
+              "| labels | " + " | ".join(SWEEP_NAMES[m] for m in SWEEP_METHODS) + " |",
+              "|---|" + "---|" * len(SWEEP_METHODS)]
+    fractions = list(dict.fromkeys(s["labels_fraction"] for s in sweep))
+    for f in fractions:
+        cells = {s["method"]: s for s in sweep if s["labels_fraction"] == f}
+        first = next(iter(cells.values()))
+        lines.append(f"| {f:g} ({first['labels_used']}) | " + " | ".join(
+            f"{cells[m]['accuracy_mean']:.3f} ± {cells[m]['accuracy_std']:.3f}" for m in SWEEP_METHODS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(sweep: list[dict], path) -> pathlib.Path:
+    """Test accuracy vs number of labels (log x), one line with std error bars per method."""
+    import matplotlib.pyplot as plt
+
+    from aeclust_jax import viz
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for m in SWEEP_METHODS:
+        pts = sorted((s["labels_used"], s["accuracy_mean"], s["accuracy_std"])
+                     for s in sweep if s["method"] == m)
+        xs, ys, es = zip(*pts)
+        ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=3, label=SWEEP_NAMES[m])
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training images")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("S3: accuracy vs labels (MNIST)", fontsize=10)
+    return viz._save(fig, path)
+
+
+def plot_codes(runs_dir: pathlib.Path, base: S3Config, code_seed: int, labels: np.ndarray,
+               path, experiments: Sequence[Experiment]) -> pathlib.Path | None:
+    """t-SNE of the AE codes (first test images) coloured by label, one panel per TSNE_PANELS."""
+    import matplotlib.pyplot as plt
+
+    from aeclust_jax import viz
+    from aeclust_jax.cluster import tsne
+    wanted = list(experiments) + variants_of(experiments)
+    panels = []
+    for title, exp, which in TSNE_PANELS:
+        if exp not in wanted:
+            continue
+        f = runs_dir / f"{job_name(dataclasses.replace(exp.config(base), seed=code_seed))}.codes.npz"
+        if f.is_file():
+            with np.load(f) as z:
+                panels.append((title, z[which]))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    for ax, (title, codes) in zip(axes[0], panels):
+        emb = tsne(np.asarray(codes, np.float32), 2, perplexity=min(30.0, (len(codes) - 1) / 3),
+                   seed=code_seed)
+        viz.tsne_scatter(emb, labels[:len(codes)], None, title=title, ax=ax)
+    handles = [plt.Line2D([], [], ls="", marker="o", ms=5, color=plt.get_cmap("tab10")(i), label=str(i))
+               for i in range(int(labels.max()) + 1)]
+    fig.legend(handles=handles, loc="center right", fontsize=7, title="digit")
+    fig.suptitle(f"t-SNE of autoencoder codes, {len(panels[0][1])} test images", fontsize=10)
+    return viz._save(fig, path)
+
+
+def _reproduce_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="reproduce.py s3", description="S3: the seed's six experiments and the labels-fraction "
+        "sweep, mean +- std over seeds. Runs already in OUT/runs are reused (resumable).")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (5)")
+    p.add_argument("--epochs", type=int, help="autoencoder and supervised epochs (10)")
+    p.add_argument("--out", default="results/s3")
+    p.add_argument("--config", help=f"base YAML config (default: {DEFAULT_CONFIG.name} when present)")
+    p.add_argument("--experiments", type=int, nargs="+", choices=[e.number for e in EXPERIMENTS],
+                   help="subset of the experiments 1..6 (default all)")
+    p.add_argument("--fractions", type=float, nargs="*", default=list(SWEEP_FRACTIONS),
+                   help="labels fractions of the sweep (default 0.001 0.01 0.1 1; none = no sweep)")
+    p.add_argument("--tsne-samples", type=int, default=2000, help="test images in the t-SNE figure")
+    p.add_argument("--train-limit", type=int, help="use the first N training images (quick runs)")
+    p.add_argument("--test-limit", type=int, help="evaluate on the first N test images")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def reproduce_main(argv: Sequence[str]) -> int:
+    args = _reproduce_parser().parse_args(list(argv))
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    if any(not 0 < f <= 1 for f in args.fractions):
+        raise ConfigError(f"--fractions must lie in (0, 1], got {args.fractions}")
+    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    over = {"ae_epochs": args.epochs, "epochs": args.epochs, "train_limit": args.train_limit,
+            "test_limit": args.test_limit}
+    base = load_config(S3Config, path, over)
+    seeds = list(range(args.seeds))
+    experiments = [e for e in EXPERIMENTS if args.experiments is None or e.number in args.experiments]
+    fractions = sorted(set(args.fractions))
+    out = pathlib.Path(args.out)
+    runs_dir = out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"base_config": to_dict(base), "seeds": seeds,
+                "experiments": [e.number for e in experiments], "fractions": fractions}
+    old = out / "reproduce.json"
+    if old.is_file() and runs.read_json(old)["base_config"] != manifest["base_config"]:
+        raise runs.RunExistsError(f"{out} holds a reproduction with another base config "
+                                  f"(see {old}); choose another --out")
+    runs.write_json(old, manifest)
+
+    jobs = planned_jobs(base, seeds, experiments, fractions)
+    train_ds, test_ds = load_splits(base)
+    code_jobs = [job_name(dataclasses.replace(e.config(base), seed=seeds[0])) for _, e, _ in TSNE_PANELS]
+    run_jobs(jobs, train_ds, test_ds, runs_dir, tsne_samples=args.tsne_samples, code_jobs=code_jobs,
+             progress=not args.no_progress)
+    results, variants, sweep = summarize(jobs, runs_dir, base, seeds, experiments, fractions)
+    runs.write_json(out / "results.json", results)
+    runs.write_json(out / "variants.json", variants)
+    runs.write_json(out / "sweep.json", sweep)
+    test_labels = limit(test_ds.images, test_ds.labels, base.test_limit)[1]
+    table = results_markdown(results, variants, sweep, len(seeds), len(test_labels))
+    runs.atomic_write_text(out / "results.md", table)
+
+    from aeclust_jax import viz
+    viz.grouped_bars({f"{r['experiment']}": {"seed's report": (r["seed_accuracy"], 0.0),
+                                              "ours": (r["accuracy_mean"], r["accuracy_std"])}
+                      for r in results}, out / "accuracy.png", ylabel="test accuracy",
+                     title=f"S3 experiments 1-6 (MNIST), ours over {len(seeds)} seed(s)")
+    if sweep:
+        plot_sweep(sweep, out / "sweep.png")
+    plot_codes(runs_dir, base, seeds[0], test_labels, out / "tsne_codes.png", experiments)
+    print(table)
+    print(f"wrote {out}")
+    return 0
