@@ -1,0 +1,82 @@
+"""Shared helpers for the benchmarks: warm timings, compile time apart, machine info, JSON last line."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+
+def block(x: Any) -> Any:
+    """Waits for every jax array in x (numpy results pass through)."""
+    return jax.block_until_ready(x)
+
+
+def first_call(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Seconds of the first (compiling) call of fn and its result."""
+    t0 = time.perf_counter()
+    out = block(fn())
+    return time.perf_counter() - t0, out
+
+
+def best_of(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
+    """Fastest of `repeat` warm calls (seconds) and the last result; the minimum is the least
+    disturbed by other processes on a shared machine."""
+    times, out = [], None
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        out = block(fn())
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def machine() -> dict:
+    """Cores, jax device, and the 1-minute load average (contention from other processes)."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "device": str(jax.devices()[0]),
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def mnist_pixels(n: int | None = None) -> np.ndarray | None:
+    """MNIST train+test pixels (70000, 784) float32 in [0, 1] from $AECLUST_MANUAL_DIR/mnist, or None."""
+    import gzip
+    import pathlib
+
+    root = os.environ.get("AECLUST_MANUAL_DIR")
+    if not root:
+        return None
+    parts = []
+    for name in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        path = pathlib.Path(root) / "mnist" / name
+        if not path.is_file():
+            return None
+        with gzip.open(path, "rb") as f:
+            parts.append(np.frombuffer(f.read(), np.uint8)[16:].reshape(-1, 784))
+    x = np.concatenate(parts).astype(np.float32) / 255.0
+    return x[:n] if n else x
+
+
+def emit(result: dict) -> None:
+    """Prints the result as the last line: one JSON object (numpy scalars made plain)."""
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(u) for k, u in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(u) for u in v]
+        if isinstance(v, (np.generic, np.ndarray)) or hasattr(v, "__array__"):
+            a = np.asarray(v)
+            return a.item() if a.ndim == 0 else a.tolist()
+        if isinstance(v, float):
+            return float(f"{v:.6g}")
+        return v
+    print(json.dumps(plain(result)), flush=True)
