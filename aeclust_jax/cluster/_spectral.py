@@ -32,8 +32,10 @@ def _check_square(a, name):
 def spectral_embedding(affinity, k: int):
     """Row-normalised spectral embedding (N, k) of a symmetric non-negative affinity (N, N).
 
-    Eigenvectors of the k largest eigenvalues of D^-1/2 A D^-1/2 (full ``eigh``); isolated nodes
-    (degree 0) get a zero row.
+    The k leading eigenvectors of D^-1/2 A D^-1/2 by a full ``eigh`` (isolated nodes, degree 0,
+    get a zero row). Measured at N = 1440, k = 20 on a 2-core CPU: full eigh 1.4 s; JAX's
+    ``lobpcg_standard`` (k + 4 vectors, 200 iterations) 1.6 s and not converged on a DSC
+    affinity (20 near-degenerate leading eigenvalues); partial eigh (subset_by_index) is TPU-only.
     """
     a = 0.5 * (affinity + affinity.T)
     deg = jnp.sum(a, axis=1)
