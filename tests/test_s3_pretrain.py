@@ -43,6 +43,12 @@ def test_stratified_subset_equal_counts_and_seeded():
     np.testing.assert_array_equal(np.bincount(labels[s3.stratified_subset(labels, 0.001, seed=0)]),
                                   np.full(10, 6))
     np.testing.assert_array_equal(s3.stratified_subset(labels, 1.0, seed=0), np.arange(60000))
+    # the seed's own sampling: a uniformly random 1% (counts per class then vary)
+    r = s3.random_subset(60000, 0.008, seed=3)
+    assert len(r) == 480 and len(np.unique(r)) == 480
+    np.testing.assert_array_equal(r, s3.random_subset(60000, 0.008, seed=3))
+    cfg = s3.S3Config(label_sampling="random", labels_fraction=0.008, seed=3)
+    np.testing.assert_array_equal(s3.label_rows(cfg, labels, 10), r)
 
 
 def test_stratified_subset_errors():
