@@ -94,7 +94,8 @@ def make_ours(model_name: str, images: np.ndarray, batch: int, upsample: str, fu
 
 # ----------------------------------------------------------------------------- PyTorch peer
 
-def make_torch(model_name: str, images: np.ndarray, batch: int):
+def torch_model(model_name: str):
+    """The S1 MNIST network of ``model_name`` in PyTorch (NCHW), seeded."""
     import torch
     from torch import nn
 
@@ -132,7 +133,14 @@ def make_torch(model_name: str, images: np.ndarray, batch: int):
             return torch.sigmoid(self.out(y))
 
     torch.manual_seed(0)
-    model = TorchSkipAE(skip=model_name.endswith("_skip"))
+    return TorchSkipAE(skip=model_name.endswith("_skip"))
+
+
+def make_torch(model_name: str, images: np.ndarray, batch: int):
+    """run(n_steps): n eager PyTorch train steps (Adadelta Keras-2020, MSE, noise for dae*)."""
+    import torch
+    from torch import nn
+    model = torch_model(model_name)
     opt = torch.optim.Adadelta(model.parameters(), lr=1.0, rho=0.95, eps=1e-7)
     data = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     steps = len(images) // batch

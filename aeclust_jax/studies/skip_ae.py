@@ -370,8 +370,10 @@ def config_from_args(args) -> S1Config:
 
 def train_main(argv: Sequence[str]) -> int:
     args = _train_parser().parse_args(list(argv))
+    if args.out is None:   # the default folder, also where --resume looks for config.yaml
+        args.out = f"runs/{args.dataset}-{args.model}-{0 if args.seed is None else args.seed}"
     cfg = config_from_args(args).validate()
-    out = pathlib.Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.seed}")
+    out = pathlib.Path(args.out)
     metrics = run(cfg, out, resume=args.resume)
     keys = ("psnr", "nmi", "acc", "ari", "nmi_latent", "nmi_latent_skip", "images_per_second")
     print(" ".join(f"{k}={metrics[k]:.4g}" for k in keys if metrics.get(k) is not None))
