@@ -1,0 +1,577 @@
+"""S4: deep subspace clustering (DSC-Net) with channel attention and compressed latents.
+
+    from aeclust_jax.studies.dsc import fit_predict, preset
+    labels = fit_predict(images, 20, preset("coil20"), seed=0)      # images (N, H, W, C)
+
+Recipe (Ji et al. 2017; Baek & Yoon): pretrain the plain conv AE on reconstruction
+(``0.5 ||X - X_hat||^2``, Adam), then add the self-expressive layer C (N x N, init 1e-8) and, if
+asked, SE channel attention on the latent, and fine-tune everything on the full batch with
+``0.5 ||X - X_hat||^2 + lambda1 ||C||^2 + lambda2 / 2 ||Z - C Z||^2`` (X_hat decoded from C Z).
+Then DSC-Net's post-processing of C (``cluster.dsc_affinity``) and spectral clustering.
+
+CLI: ``scripts/train.py --model dsc ...`` (``train_main``), ``scripts/reproduce.py s4`` (``reproduce_main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from aeclust_jax import runs
+from aeclust_jax.config import ConfigError, load_config, to_dict
+from aeclust_jax.models.dsc import DSCNet, dsc_net
+
+# Images x N above this make C (N x N) and its Adam state too large to be sensible on a CPU.
+MAX_SAMPLES = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class DSCConfig:
+    """Every hyperparameter of the S4 recipe (defaults: DSC-Net on COIL-20, latent 16x16x15).
+
+    channels / kernel_sizes / strides: the encoder's conv layers (decoder mirrors them).
+    attention: SE channel attention on the latent during fine-tuning (pretraining is the plain AE).
+    lambda1, lambda2: weights of ||C||^2 and (1/2)||Z - C Z||^2; c_init: initial value of C.
+    pretrain_epochs, pretrain_batch_size (0 = full batch), pretrain_lr: the plain AE (Adam).
+    finetune_iters, finetune_lr: full-batch Adam iterations of the DSC fine-tune.
+    ro, d, alpha: dsc_affinity's post-processing of C (kept L1 mass fraction, subspace dim, power).
+    """
+    channels: tuple[int, ...] = (15,)
+    kernel_sizes: tuple[int, ...] = (3,)
+    strides: tuple[int, ...] = (2,)
+    attention: bool = False
+    lambda1: float = 1.0
+    lambda2: float = 150.0
+    c_init: float = 1e-8
+    pretrain_epochs: int = 100
+    pretrain_batch_size: int = 0
+    pretrain_lr: float = 1e-3
+    finetune_iters: int = 40
+    finetune_lr: float = 1e-3
+    ro: float = 0.04
+    d: int = 12
+    alpha: float = 8.0
+
+    def __post_init__(self):
+        for name in ("channels", "kernel_sizes", "strides"):
+            v = getattr(self, name)
+            v = (v,) if isinstance(v, int) else tuple(int(a) for a in v)
+            object.__setattr__(self, name, v)
+        if not (len(self.channels) == len(self.kernel_sizes) == len(self.strides) >= 1):
+            raise ConfigError(f"channels {self.channels}, kernel_sizes {self.kernel_sizes} and "
+                              f"strides {self.strides} must be non-empty and of equal length")
+        checks = {"pretrain_epochs": self.pretrain_epochs >= 0,
+                  "pretrain_batch_size": self.pretrain_batch_size >= 0,
+                  "finetune_iters": self.finetune_iters >= 1, "d": self.d >= 1,
+                  "pretrain_lr": self.pretrain_lr > 0, "finetune_lr": self.finetune_lr > 0,
+                  "lambda1": self.lambda1 >= 0, "lambda2": self.lambda2 >= 0,
+                  "ro": 0 < self.ro <= 1, "alpha": self.alpha > 0,
+                  "channels": min(self.channels) >= 1}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"invalid DSC config value(s) for {bad}: "
+                              + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
+
+
+PRESETS: dict[str, DSCConfig] = {
+    # DSC-Net's COIL-20 network, latent 16x16x15.
+    "coil20": DSCConfig(),
+    # The seed's compressed latents 16x16xc, c = 1, 2, 3 ("25/50/75 %"); attention is a flag.
+    "coil20_c1": DSCConfig(channels=(1,)),
+    "coil20_c2": DSCConfig(channels=(2,)),
+    "coil20_c3": DSCConfig(channels=(3,)),
+    # DSC-Net's ORL network and weights as in its PyTorch port (not reproduced here).
+    "orl": DSCConfig(channels=(5, 3, 3), kernel_sizes=(5, 3, 3), strides=(2, 2, 2), lambda1=2.0,
+                     lambda2=0.4, finetune_iters=700, ro=0.2, d=3, alpha=1.0),
+}
+
+
+def preset(name: str, **overrides: Any) -> DSCConfig:
+    """The named preset (``PRESETS``) with field overrides; unknown names list the choices."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown DSC preset {name!r}; choices: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+# ----------------------------------------------------------------------------- core pieces
+
+def as_float_images(images) -> np.ndarray:
+    """(N, H, W, C) uint8 or float in [0, 1] -> float32; other shapes raise ValueError."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"images must be uint8 or float in [0, 1], got dtype {images.dtype}")
+    return images.astype(np.float32)
+
+
+def build_model(config: DSCConfig, image_channels: int, n_samples: int | None = None) -> DSCNet:
+    """The DSC network of ``config``; ``n_samples=None`` is the plain AE of pretraining."""
+    return dsc_net(channels=config.channels, kernel_sizes=config.kernel_sizes,
+                   strides=config.strides, image_channels=image_channels,
+                   attention=config.attention and n_samples is not None,
+                   n_samples=n_samples, c_init=config.c_init)
+
+
+def dsc_loss(x, x_hat, z, z_c, c, lambda1: float, lambda2: float):
+    """(total, terms) of ``0.5||x - x_hat||^2 + lambda1||c||^2 + lambda2/2 ||z - z_c||^2``.
+
+    x, x_hat: (N, H, W, C); z, z_c: (N, D); c: (N, N). Sums, not means (as DSC-Net).
+    """
+    recon = 0.5 * jnp.sum((x_hat - x) ** 2)
+    reg = jnp.sum(c ** 2)
+    self_expr = 0.5 * jnp.sum((z - z_c) ** 2)
+    total = recon + lambda1 * reg + lambda2 * self_expr
+    return total, {"recon": recon, "reg": reg, "self_expr": self_expr}
+
+
+def pretrain(x: np.ndarray, config: DSCConfig, key: jax.Array, *, checkpoint_dir=None,
+             progress: bool = True) -> tuple[dict, float]:
+    """Pretrains the plain AE on x (N, H, W, C) float; returns (params, seconds of training).
+
+    With ``checkpoint_dir`` the trained AE is saved there (orbax, via ``train.fit``) and a later
+    call with the same folder restores it instead of training again (seconds: as first measured).
+    """
+    from aeclust_jax import train
+
+    model = build_model(config, x.shape[-1])
+    init_key, fit_key = jax.random.split(key)
+    state = train.create_train_state(model, init_key, jnp.asarray(x[:1]),
+                                     train.make_optimizer("adam", config.pretrain_lr, adam_eps=1e-8),
+                                     init_kwargs={"method": DSCNet.reconstruct})
+    if config.pretrain_epochs == 0:
+        return state.params, 0.0
+
+    def loss_fn(params, batch, rng):
+        xb = batch["image"]
+        x_hat = model.apply({"params": params}, xb, method=DSCNet.reconstruct)
+        per_row = 0.5 * jnp.sum((x_hat - xb) ** 2, axis=(1, 2, 3))
+        loss = jnp.sum(per_row * batch["mask"])
+        return loss, {}
+
+    n = len(x)
+    batch = config.pretrain_batch_size or n
+    ckpt, history = None, None
+    if checkpoint_dir is not None:
+        checkpoint_dir = pathlib.Path(checkpoint_dir)
+        ckpt = train.Checkpointer(checkpoint_dir / "checkpoints",
+                                  every=max(1, config.pretrain_epochs // 4), keep=1)
+        history = checkpoint_dir / "history.jsonl"
+    result = train.fit(state, {"image": x}, loss_fn, batch_size=min(batch, n),
+                       epochs=config.pretrain_epochs, key=fit_key, checkpointer=ckpt,
+                       resume=ckpt is not None and ckpt.latest_epoch() is not None,
+                       history_path=history, progress=progress, desc="pretrain AE",
+                       log_every=max(1, config.pretrain_epochs))
+    seconds = float(sum(r.get("seconds", 0.0) for r in result.history))
+    return jax.device_get(result.state.params), seconds
+
+
+def init_finetune_params(x: np.ndarray, ae_params: dict, config: DSCConfig, key: jax.Array):
+    """DSC params (encoder/decoder from ``ae_params``, fresh attention, C = c_init) for x (N, ...)."""
+    model = build_model(config, x.shape[-1], len(x))
+    params = dict(jax.jit(model.init)(key, jnp.asarray(x))["params"])
+    missing = sorted(set(params) - {"C", "attn"} - set(ae_params))
+    if missing:
+        raise ValueError(f"pretrained AE params lack {missing} (was it built with this config?)")
+    params.update({k: ae_params[k] for k in params if k in ae_params})
+    return model, params
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tx", "lambda1", "lambda2"))
+def finetune_step(params, opt_state, x, *, model: DSCNet, tx, lambda1: float, lambda2: float):
+    """One full-batch Adam step on ``dsc_loss``: -> (params, opt_state, loss, terms). x (N, H, W, C)."""
+    def loss_fn(p):
+        x_hat, z, z_c = model.apply({"params": p}, x)
+        return dsc_loss(x, x_hat, z, z_c, p["C"], lambda1, lambda2)
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, terms
+
+
+@functools.lru_cache(maxsize=None)
+def finetune_optimizer(lr: float):
+    """Adam(lr, eps 1e-8) as TF/PyTorch default it; cached so jitted steps are reused."""
+    from aeclust_jax import train
+
+    return train.make_optimizer("adam", lr, adam_eps=1e-8)
+
+
+def make_finetune_step(model: DSCNet, config: DSCConfig):
+    """``(params, opt_state, x) -> (params, opt_state, loss, terms)`` for this model and config."""
+    return functools.partial(finetune_step, model=model, tx=finetune_optimizer(config.finetune_lr),
+                             lambda1=config.lambda1, lambda2=config.lambda2)
+
+
+def finetune(x: np.ndarray, ae_params: dict, config: DSCConfig, key: jax.Array, *,
+             progress: bool = True) -> tuple[dict, list[dict]]:
+    """Full-batch DSC fine-tune on x (N, H, W, C) float from pretrained ``ae_params``.
+
+    Returns (params with "C" (N, N), history: one dict of loss terms per iteration).
+    """
+    from aeclust_jax import train
+
+    model, params = init_finetune_params(x, ae_params, config, key)
+    xd = jnp.asarray(x)
+    step = make_finetune_step(model, config)
+    opt_state = finetune_optimizer(config.finetune_lr).init(params)
+    history = []
+    it = range(config.finetune_iters)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="fine-tune DSC", unit="it", dynamic_ncols=True)
+    for i in it:
+        params, opt_state, loss, terms = step(params, opt_state, xd)
+        history.append({"iter": i + 1, "loss": loss, **terms})
+    history = [{k: float(v) for k, v in h.items()} for h in jax.device_get(history)]
+    bad = [h for h in history if not np.isfinite(h["loss"])]
+    if bad:
+        raise train.TrainingDivergedError(0, bad[0]["iter"], bad[0]["loss"], None)
+    return params, history
+
+
+def cluster_coefficients(c, n_clusters: int, config: DSCConfig, key: jax.Array):
+    """C (N, N) -> (labels (N,) int32, affinity (N, N)) by dsc_affinity + spectral clustering."""
+    from aeclust_jax.cluster import dsc_affinity, spectral
+
+    affinity = dsc_affinity(jnp.asarray(c), n_clusters, d=config.d, alpha=config.alpha,
+                            ro=config.ro)
+    labels = spectral(affinity, n_clusters, key=key)
+    return np.asarray(labels, np.int32), affinity
+
+
+@dataclasses.dataclass
+class DSCResult:
+    """Everything one DSC run produces. labels (N,), coefficients C (N, N), params, timings."""
+    labels: np.ndarray
+    coefficients: np.ndarray
+    affinity: np.ndarray
+    params: dict
+    ae_params: dict
+    pretrain_seconds: float
+    finetune_seconds: float
+    cluster_seconds: float
+    history: list[dict]
+
+
+def run(images, n_clusters: int, config: DSCConfig | None = None, *, seed: int = 0,
+        ae_params: dict | None = None, pretrain_dir=None, progress: bool = True) -> DSCResult:
+    """Pretrain (or take ``ae_params``) -> fine-tune -> cluster, on images (N, H, W, C)."""
+    config = config or DSCConfig()
+    x = as_float_images(images)
+    n = len(x)
+    if not 2 <= n_clusters <= n:
+        raise ValueError(f"n_clusters must be in [2, {n}] for {n} images, got {n_clusters}")
+    if n > MAX_SAMPLES:
+        raise ValueError(f"{n} images: the self-expressive C is N x N; use at most {MAX_SAMPLES}")
+    if config.d * n_clusters + 1 >= n:
+        raise ValueError(f"d * n_clusters + 1 = {config.d * n_clusters + 1} must be below the "
+                         f"{n} images (lower config.d)")
+    k_pre, k_fine, k_cluster = jax.random.split(jax.random.key(seed), 3)
+    pre_s = 0.0
+    if ae_params is None:
+        ae_params, pre_s = pretrain(x, config, k_pre, checkpoint_dir=pretrain_dir,
+                                    progress=progress)
+    t0 = time.perf_counter()
+    params, history = finetune(x, ae_params, config, k_fine, progress=progress)
+    c = jax.block_until_ready(params["C"])
+    t1 = time.perf_counter()
+    labels, affinity = cluster_coefficients(c, n_clusters, config, k_cluster)
+    affinity = np.asarray(affinity)
+    t2 = time.perf_counter()
+    return DSCResult(labels, np.asarray(c), affinity, params, ae_params, pre_s, t1 - t0, t2 - t1,
+                     history)
+
+
+def fit_predict(images, n_clusters: int, config: DSCConfig | None = None, *,
+                seed: int = 0) -> np.ndarray:
+    """Cluster labels (N,) int32 of images (N, H, W, C) (uint8, or float in [0, 1]) by DSC."""
+    return run(images, n_clusters, config, seed=seed, progress=False).labels
+
+
+# ----------------------------------------------------------------------------- one run (CLI)
+
+def select_subset(images: np.ndarray, labels: np.ndarray, classes: int | None,
+                  per_class: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``classes`` classes, ``per_class`` evenly spaced images of each (order kept)."""
+    keep = np.ones(len(labels), bool)
+    if classes is not None:
+        present = np.unique(labels)
+        if not 2 <= classes <= len(present):
+            raise ValueError(f"--classes must be in [2, {len(present)}], got {classes}")
+        keep &= np.isin(labels, present[:classes])
+    if per_class is not None:
+        if per_class < 2:
+            raise ValueError(f"--per-class must be >= 2, got {per_class}")
+        chosen = np.zeros(len(labels), bool)
+        for k in np.unique(labels[keep]):
+            idx = np.flatnonzero(keep & (labels == k))
+            chosen[idx[np.linspace(0, len(idx) - 1, min(per_class, len(idx))).astype(int)]] = True
+        keep &= chosen
+    return images[keep], labels[keep]
+
+
+def plot_affinity(affinity: np.ndarray, labels: np.ndarray, path, *, title: str | None = None):
+    """Heat map of the affinity (N, N) with rows/columns sorted by the true labels (N,)."""
+    from aeclust_jax import viz   # Agg backend set there
+
+    order = np.argsort(labels, kind="stable")
+    a = np.asarray(affinity)[np.ix_(order, order)]
+    fig, ax = viz.plt.subplots(figsize=(5, 5))
+    ax.imshow(a, cmap="viridis", vmax=np.quantile(a, 0.995) or None, interpolation="nearest")
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.set_title(title or "affinity, sorted by label", fontsize=9)
+    return viz._save(fig, path)
+
+
+def evaluate(labels_true: np.ndarray, labels_pred: np.ndarray) -> dict[str, float]:
+    """ACC (Hungarian), NMI and ARI of a clustering."""
+    from aeclust_jax.metrics import acc, ari, nmi
+
+    return {"acc": float(acc(labels_true, labels_pred)), "nmi": float(nmi(labels_true, labels_pred)),
+            "ari": float(ari(labels_true, labels_pred))}
+
+
+def train_and_evaluate(images: np.ndarray, labels: np.ndarray, config: DSCConfig, out, *,
+                       seed: int = 0, pretrain_dir=None, extra: dict | None = None,
+                       progress: bool = True, figures: bool = True) -> dict:
+    """One DSC run on (images, labels) into the prepared folder ``out``; returns its metrics.
+
+    Writes config.json, history.jsonl, labels.npy, figures (affinity.png, reconstructions.png)
+    and, last, metrics.json (acc, nmi, ari, pretrain/finetune/cluster seconds, ...).
+    """
+    out = pathlib.Path(out)
+    n_clusters = len(np.unique(labels))
+    runs.write_json(out / "config.json", {"seed": seed, **(extra or {}), **to_dict(config)})
+    t0 = time.perf_counter()
+    res = run(images, n_clusters, config, seed=seed, pretrain_dir=pretrain_dir, progress=progress)
+    wall = time.perf_counter() - t0
+    scores = evaluate(labels, res.labels)
+    runs.atomic_write_text(out / "history.jsonl",
+                           "".join(json.dumps(h) + "\n" for h in res.history))
+    np.save(out / "labels.npy", res.labels)
+    if figures:
+        from aeclust_jax import viz
+
+        name = f"c={config.channels[-1]}{' + attention' if config.attention else ''}"
+        plot_affinity(res.affinity, labels, out / "affinity.png",
+                      title=f"DSC affinity ({name}), ACC {scores['acc']:.3f}")
+        x = as_float_images(images)
+        model = build_model(config, x.shape[-1], len(x))
+        x_hat = np.asarray(jax.jit(model.apply)({"params": res.params}, jnp.asarray(x))[0])
+        ae = build_model(config, x.shape[-1])
+        x_ae = np.asarray(jax.jit(lambda p, v: ae.apply({"params": p}, v,
+                                                        method=DSCNet.reconstruct))(res.ae_params, x))
+        pick = np.linspace(0, len(x) - 1, 10).astype(int)
+        viz.reconstruction_grid([x[pick], x_ae[pick], x_hat[pick]], out / "reconstructions.png",
+                                row_names=["input", "pretrained AE", "DSC (C Z)"],
+                                title=f"reconstructions ({name})")
+    metrics = {**scores, "pretrain_seconds": res.pretrain_seconds,
+               "finetune_seconds": res.finetune_seconds, "cluster_seconds": res.cluster_seconds,
+               "wall_seconds": wall, "n_images": len(labels), "n_clusters": n_clusters,
+               "seed": seed, "final_loss": res.history[-1], **(extra or {})}
+    runs.write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py --model dsc",
+        description="S4: DSC-Net (+ channel attention) on an image set: pretrain the AE, fine-tune "
+                    "with the self-expressive layer, spectral clustering; writes metrics.json.")
+    p.add_argument("--model", default="dsc", choices=["dsc"])
+    p.add_argument("--dataset", default="coil20", help="a dataset of aeclust_jax.data (default coil20)")
+    p.add_argument("--preset", default="coil20", choices=sorted(PRESETS),
+                   help="named hyperparameters (default coil20: DSC-Net, latent 16x16x15)")
+    p.add_argument("--config", help="YAML file of DSCConfig fields, applied over the preset")
+    p.add_argument("--latent-channels", type=int, help="c of the 16x16xc latent (last encoder layer)")
+    p.add_argument("--attention", action=argparse.BooleanOptionalAction, default=None,
+                   help="SE channel attention on the latent during fine-tuning")
+    for name, typ in (("pretrain-epochs", int), ("pretrain-batch-size", int),
+                      ("pretrain-lr", float), ("finetune-iters", int), ("finetune-lr", float),
+                      ("lambda1", float), ("lambda2", float), ("ro", float), ("d", int),
+                      ("alpha", float)):
+        p.add_argument(f"--{name}", type=typ, help=f"override DSCConfig.{name.replace('-', '_')}")
+    p.add_argument("--classes", type=int, help="use only the first K classes")
+    p.add_argument("--per-class", type=int, help="use only M evenly spaced images per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pretrained", help="folder to keep/reuse the pretrained AE (same config and "
+                                        "seed: attention on/off can share it)")
+    p.add_argument("--out", help="run folder (default runs/dsc-<dataset>-c<c>[-att]-<seed>)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def config_from_args(args) -> DSCConfig:
+    """Preset <- YAML (--config) <- command-line overrides."""
+    overrides = {k: getattr(args, k) for k in ("attention", "pretrain_epochs", "pretrain_batch_size",
+                                               "pretrain_lr", "finetune_iters", "finetune_lr",
+                                               "lambda1", "lambda2", "ro", "d", "alpha")}
+    cfg = load_config(DSCConfig, args.config, overrides, base=preset(args.preset))
+    if args.latent_channels is not None:
+        cfg = dataclasses.replace(cfg, channels=cfg.channels[:-1] + (args.latent_channels,))
+    return cfg
+
+
+def train_main(argv: Sequence[str]) -> int:
+    from aeclust_jax.data import load
+
+    args = _train_parser().parse_args(list(argv))
+    cfg = config_from_args(args)
+    ds = load(args.dataset)
+    images, labels = select_subset(ds.images, ds.labels, args.classes, args.per_class)
+    name = f"dsc-{args.dataset}-c{cfg.channels[-1]}{'-att' if cfg.attention else ''}-{args.seed}"
+    out = runs.prepare_run_dir(args.out or f"runs/{name}")
+    m = train_and_evaluate(images, labels, cfg, out, seed=args.seed, pretrain_dir=args.pretrained,
+                           extra={"dataset": args.dataset}, progress=not args.no_progress)
+    print(" ".join(f"{k}={m[k]:.4g}" for k in ("acc", "nmi", "ari", "pretrain_seconds",
+                                                "finetune_seconds", "cluster_seconds")))
+    print(f"wrote {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- reproduce s4
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row of the seed's Table 2: latent 16x16x``channels``, attention on/off, paper's ACC."""
+    name: str
+    label: str
+    channels: int
+    attention: bool
+    paper_acc: float
+
+
+ROWS = (
+    Row("dsc_c15", "DSC, 16x16x15 (no compression)", 15, False, 0.9368),
+    Row("noatt_c1", "no attention, 16x16x1 (25%)", 1, False, 0.8944),
+    Row("att_c1", "channel attention, 16x16x1 (25%)", 1, True, 0.9146),
+    Row("noatt_c2", "no attention, 16x16x2 (50%)", 2, False, 0.8722),
+    Row("att_c2", "channel attention, 16x16x2 (50%)", 2, True, 0.9410),
+    Row("noatt_c3", "no attention, 16x16x3 (75%)", 3, False, 0.9201),
+    Row("att_c3", "channel attention, 16x16x3 (75%)", 3, True, 0.9239),
+)
+ROW_BY_NAME = {r.name: r for r in ROWS}
+
+
+def _reproduce_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reproduce.py s4",
+                                description="S4 Table 2 on COIL-20: DSC (c=15) and no-attention / "
+                                            "attention at c = 1, 2, 3, mean +- std over seeds.")
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
+    p.add_argument("--rows", nargs="+", default=[r.name for r in ROWS], choices=list(ROW_BY_NAME))
+    p.add_argument("--config", help="YAML of DSCConfig fields applied to every row")
+    p.add_argument("--pretrain-epochs", type=int)
+    p.add_argument("--finetune-iters", type=int)
+    p.add_argument("--classes", type=int, help="first K classes only (quick checks)")
+    p.add_argument("--per-class", type=int, help="M images per class only (quick checks)")
+    p.add_argument("--runs", default="runs/s4", help="folder of the individual runs (default runs/s4)")
+    p.add_argument("--out", default="results/s4")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def summarize(rows: Sequence[Row], per_run: dict[str, list[dict]]) -> list[dict]:
+    """One object per row: ACC/NMI/ARI mean +- std over its seeds and mean seconds per stage."""
+    table = []
+    for r in rows:
+        ms = per_run.get(r.name, [])
+        if not ms:
+            continue
+        rec = {"row": r.name, "label": r.label, "latent": f"16x16x{r.channels}",
+               "attention": r.attention, "paper_acc": r.paper_acc,
+               "seeds": [m["seed"] for m in ms]}
+        for k in ("acc", "nmi", "ari"):
+            rec[k] = runs.mean_std([m[k] for m in ms])
+            rec[f"{k}_per_seed"] = [m[k] for m in ms]
+        for k in ("pretrain_seconds", "finetune_seconds", "cluster_seconds"):
+            rec[k] = float(np.mean([m[k] for m in ms]))
+        table.append(rec)
+    return table
+
+
+def markdown_table(table: Sequence[dict]) -> str:
+    lines = ["| row | latent | attention | ACC (mean ± std) | NMI (mean ± std) | ARI | paper ACC "
+             "| seeds | pretrain s | fine-tune s | cluster s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for t in table:
+        lines.append(
+            f"| {t['label']} | {t['latent']} | {'yes' if t['attention'] else 'no'} "
+            f"| {t['acc']['mean']:.4f} ± {t['acc']['std']:.4f} "
+            f"| {t['nmi']['mean']:.4f} ± {t['nmi']['std']:.4f} | {t['ari']['mean']:.4f} "
+            f"| {t['paper_acc']:.4f} | {len(t['seeds'])} | {t['pretrain_seconds']:.0f} "
+            f"| {t['finetune_seconds']:.0f} | {t['cluster_seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_results(out: pathlib.Path, table: list[dict], settings: dict) -> None:
+    from aeclust_jax import viz
+
+    runs.write_json(out / "results.json", table)
+    runs.atomic_write_text(out / "results.md", "# S4 Table 2 on COIL-20 (this reproduction)\n\n"
+                           + markdown_table(table) + "\nSettings: " + json.dumps(settings) + "\n")
+    bars: dict[str, dict[str, tuple[float, float]]] = {}
+    for t in table:
+        group = t["latent"]
+        series = "DSC" if t["row"].startswith("dsc") else (
+            "attention" if t["attention"] else "no attention")
+        bars.setdefault(group, {})[series] = (t["acc"]["mean"], t["acc"]["std"])
+    viz.grouped_bars(bars, out / "acc.png", ylabel="ACC",
+                     title="S4 on COIL-20: ACC by latent width and attention")
+
+
+def reproduce_main(argv: Sequence[str]) -> int:
+    from aeclust_jax.data import load
+
+    a = _reproduce_parser().parse_args(list(argv))
+    if a.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {a.seeds}")
+    rows = [ROW_BY_NAME[n] for n in dict.fromkeys(a.rows)]
+    base = load_config(DSCConfig, a.config, {"pretrain_epochs": a.pretrain_epochs,
+                                             "finetune_iters": a.finetune_iters},
+                       base=preset("coil20"))
+    ds = load("coil20")
+    images, labels = select_subset(ds.images, ds.labels, a.classes, a.per_class)
+    out, work = pathlib.Path(a.out), pathlib.Path(a.runs)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"seeds": a.seeds, "n_images": len(labels), **to_dict(base)}
+    settings.pop("channels"), settings.pop("attention")
+    per_run: dict[str, list[dict]] = {}
+    for seed in range(a.seeds):            # seed-major: partial results cover every row
+        for r in rows:
+            cfg = dataclasses.replace(base, channels=base.channels[:-1] + (r.channels,),
+                                      attention=r.attention)
+            run_dir = work / r.name / f"seed{seed}"
+            if runs.is_complete(run_dir):
+                m = runs.read_json(run_dir / "metrics.json")
+                if m.get("n_images") != len(labels) or m.get("config") != to_dict(cfg):
+                    raise runs.RunExistsError(f"{run_dir} holds a run with other settings; "
+                                              f"choose another --runs folder")
+            else:
+                if run_dir.exists():   # an interrupted run: start it again from scratch
+                    import shutil
+                    shutil.rmtree(run_dir)
+                print(f"[s4] {r.name} seed {seed}", flush=True)
+                m = train_and_evaluate(
+                    images, labels, cfg, runs.prepare_run_dir(run_dir), seed=seed,
+                    pretrain_dir=work / "pretrained" / f"c{r.channels}-e{cfg.pretrain_epochs}-seed{seed}",
+                    extra={"row": r.name, "config": to_dict(cfg)},
+                    progress=not a.no_progress, figures=(seed == 0))
+                print(f"[s4] {r.name} seed {seed}: acc={m['acc']:.4f} nmi={m['nmi']:.4f}", flush=True)
+            per_run.setdefault(r.name, []).append(m)
+        _write_results(out, summarize(rows, per_run), settings)
+    print(markdown_table(summarize(rows, per_run)))
+    print(f"wrote {out}")
+    return 0
