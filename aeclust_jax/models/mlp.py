@@ -130,14 +130,6 @@ class MLPAutoencoder(nn.Module):
         return self.decode(code), self.head(code)
 
 
-def param_group(path_head: str) -> str:
-    """'encoder' / 'decoder' / 'head' for a top-level parameter name of MLPAutoencoder."""
-    for group in ("encoder", "decoder", "head"):
-        if path_head.startswith(group):
-            return group
-    raise ValueError(f"parameter {path_head!r} belongs to no group (encoder/decoder/head)")
-
-
 def mlp_classifier(*, hidden_widths: Sequence[int] = (10,), num_classes: int = 10,
                    activation: str = "relu", init_std: float | None = 0.03,
                    image_shape: Sequence[int] | None = None) -> MLPClassifier:
