@@ -250,7 +250,7 @@ def test_reproduce_s4_tiny(real_manual_dir, tmp_path):
     table = json.loads((out / "results.json").read_text())
     assert [t["row"] for t in table] == ["noatt_c1", "att_c1"]
     assert all(0 <= t["acc"]["mean"] <= 1 and t["seeds"] == [0] for t in table)
-    assert (out / "results.md").read_text().count("16x16x1") == 2
+    assert (out / "results.md").read_text().count("| 16x16x1 |") == 2
     # the two rows shared one pretrained AE; a second call reuses the finished runs
     assert len(list((work / "pretrained").iterdir())) == 1
     mtime = (work / "att_c1" / "seed0" / "metrics.json").stat().st_mtime_ns
