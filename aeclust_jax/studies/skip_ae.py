@@ -409,6 +409,8 @@ def _reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", help="folder of the individual runs (default runs/s1)")
     p.add_argument("--out", default="results/s1")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--summary-only", action="store_true",
+                   help="train nothing: table + figures from the runs already complete")
     return p
 
 
@@ -457,6 +459,8 @@ def reproduce_main(argv: Sequence[str]) -> int:
                     jobs.append((cfg.validate(), runs_dir / f"{ds}-{model}{suffix}-{seed}", model + suffix))
     print(f"S1: {len(jobs)} runs into {runs_dir}")
     for i, (cfg, run_dir, _) in enumerate(jobs):
+        if a.summary_only:
+            break
         if runs.is_complete(run_dir):
             print(f"[{i + 1}/{len(jobs)}] {run_dir}: complete, skipped")
             continue
@@ -474,7 +478,10 @@ def summarize(jobs, out: pathlib.Path) -> dict:
         groups.setdefault((cfg.dataset, name), []).append((cfg, run_dir))
     rows = []
     for (ds, name), items in groups.items():
-        per_seed = [dict(runs.read_json(d / "metrics.json"), run=str(d)) for _, d in items]
+        per_seed = [dict(runs.read_json(d / "metrics.json"), run=str(d)) for _, d in items
+                    if runs.is_complete(d)]
+        if not per_seed:
+            continue
         row = {"dataset": ds, "model": name, "n_seeds": len(per_seed),
                "epochs": per_seed[0]["epochs"], "per_seed": per_seed}
         for k in TABLE_METRICS:
@@ -514,10 +521,10 @@ def markdown_table(rows, settings, claims) -> str:
              f"{settings['batch_size']}, {settings['optimizer']} (lr {settings['lr'] or 'default'}), train_limit {settings['train_limit'] or 'all'}, "
              f"{settings['n_cluster']} test images clustered, {settings['platform']} ({settings['machine']}).",
              "NMI/ACC/ARI on the 0-100 scale; mean ± std over seeds.", "",
-             "| dataset | model | PSNR (dB) | NMI t-SNE | NMI latent | NMI latent+skip t-SNE | ACC t-SNE | ARI t-SNE |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| dataset | model | seeds | PSNR (dB) | NMI t-SNE | NMI latent | NMI latent+skip t-SNE | ACC t-SNE | ARI t-SNE |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['model']} | {_ms(r, 'psnr')} | {_ms(r, 'nmi', 100, '{:.1f}')} | "
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['n_seeds']} | {_ms(r, 'psnr')} | {_ms(r, 'nmi', 100, '{:.1f}')} | "
                      f"{_ms(r, 'nmi_latent', 100, '{:.1f}')} | {_ms(r, 'nmi_latent_skip', 100, '{:.1f}')} | "
                      f"{_ms(r, 'acc', 100, '{:.1f}')} | {_ms(r, 'ari', 100, '{:.1f}')} |")
     lines += ["", "Paper's claims, checked on these runs (skip model minus its plain twin, mean over seeds):", ""]
@@ -567,7 +574,8 @@ def reproduce_figures(groups, rows, fig: pathlib.Path) -> None:
                                                   "latent+skip": tuple(100 * v for v in pick(r, "nmi_latent_skip"))}
     viz.grouped_bars(fig11, fig / "fig11_latent_skip.png", ylabel="NMI", title="Fig. 11: latent vs latent+skip")
     for ds in datasets:
-        first = {name: items[0][1] for (d, name), items in groups.items() if d == ds}
+        first = {name: items[0][1] for (d, name), items in groups.items()
+                 if d == ds and runs.is_complete(items[0][1])}
         evals = {name: np.load(d / "eval.npz") for name, d in first.items() if (d / "eval.npz").is_file()}
         if not evals:
             continue
