@@ -40,8 +40,8 @@ def test_shapes_for_each_latent_width(c, attention):
     n = 6
     model = get_model("dsc", channels=(c,), attention=attention, n_samples=n)
     x = jnp.asarray(np.random.default_rng(c).uniform(size=(n, 32, 32, 1)), jnp.float32)
-    params = model.init(jax.random.key(0), x)["params"]
-    x_hat, z, z_c = model.apply({"params": params}, x)
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    x_hat, z, z_c = jax.jit(model.apply)({"params": params}, x)
     assert x_hat.shape == (n, 32, 32, 1)
     assert z.shape == z_c.shape == (n, 16 * 16 * c)
     assert params["C"].shape == (n, n) and np.all(np.asarray(params["C"]) == np.float32(1e-8))
@@ -55,8 +55,8 @@ def test_shapes_for_each_latent_width(c, attention):
 def test_deeper_encoder_is_a_config():
     model = dsc_net(channels=(5, 3, 3), kernel_sizes=(5, 3, 3), strides=(2, 2, 2), n_samples=4)
     x = jnp.ones((4, 32, 32, 1))
-    params = model.init(jax.random.key(0), x)["params"]
-    x_hat, z, _ = model.apply({"params": params}, x)
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    x_hat, z, _ = jax.jit(model.apply)({"params": params}, x)
     assert x_hat.shape == x.shape and z.shape == (4, 4 * 4 * 3)
     assert params["decoder"]["deconv0"]["kernel"].shape == (3, 3, 3, 3)
     assert params["decoder"]["deconv2"]["kernel"].shape == (5, 5, 5, 1)
