@@ -192,6 +192,8 @@ def test_bad_input_and_config_errors(tmp_path):
         dsc.load_config(dsc.DSCConfig, bad)
     with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
         dsc.fit_predict(np.zeros((10, 8, 8)), 2)
+    with pytest.raises(ValueError, match="divisible"):
+        dsc.fit_predict(np.zeros((10, 9, 9, 1), np.float32), 2)
     with pytest.raises(ValueError, match="n_clusters"):
         dsc.fit_predict(np.zeros((10, 8, 8, 1), np.float32), 11)
     assert dsc.preset("coil20_c2").channels == (2,)

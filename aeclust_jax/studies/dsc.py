@@ -276,6 +276,10 @@ def run(images, n_clusters: int, config: DSCConfig | None = None, *, seed: int =
         raise ValueError(f"n_clusters must be in [2, {n}] for {n} images, got {n_clusters}")
     if n > MAX_SAMPLES:
         raise ValueError(f"{n} images: the self-expressive C is N x N; use at most {MAX_SAMPLES}")
+    step = int(np.prod(config.strides))
+    if x.shape[1] % step or x.shape[2] % step:
+        raise ValueError(f"image size {x.shape[1]}x{x.shape[2]} must be divisible by the product "
+                         f"of the strides {config.strides} = {step}")
     if config.d * n_clusters + 1 >= n:
         raise ValueError(f"d * n_clusters + 1 = {config.d * n_clusters + 1} must be below the "
                          f"{n} images (lower config.d)")
