@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aeclust_jax.cluster.reference import post_proC, thrC
+
 
 # ----------------------------------------------------------------------------- the peer
 def torch_peer(channels: int, image_channels: int, n: int, weights: dict, c_init: float):
@@ -68,46 +70,6 @@ def peer_finetune(model, x_nchw, iters: int, lambda1: float, lambda2: float, lr:
         loss.backward()
         opt.step()
     return model.C.detach().numpy()
-
-
-def thrC(C, ro):
-    """DSC-Net's thrC: per column, keep the largest |entries| until their sum exceeds ro * L1."""
-    N = C.shape[1]
-    Cp = np.zeros((N, N))
-    S = np.abs(np.sort(-np.abs(C), axis=0))
-    Ind = np.argsort(-np.abs(C), axis=0)
-    for i in range(N):
-        cL1 = np.sum(S[:, i]).astype(float)
-        csum, t = 0.0, 0
-        while True:
-            csum = csum + S[t, i]
-            if csum > ro * cL1:
-                Cp[Ind[0:t + 1, i], i] = C[Ind[0:t + 1, i], i]
-                break
-            t = t + 1
-    return Cp
-
-
-def post_proC(C, K, d, alpha, seed):
-    """DSC-Net's post_proC: rank d*K+1 SVD -> U sqrt(S) -> |Z|^alpha affinity -> spectral."""
-    from scipy.sparse.linalg import svds
-    from sklearn import cluster
-    from sklearn.preprocessing import normalize
-
-    C = 0.5 * (C + C.T)
-    r = d * K + 1
-    U, S, _ = svds(C, r, v0=np.ones(C.shape[0]))
-    U = U[:, ::-1]
-    S = np.diag(np.sqrt(S[::-1]))
-    U = normalize(U.dot(S), norm="l2", axis=1)
-    Z = U.dot(U.T)
-    Z = Z * (Z > 0)
-    L = np.abs(Z ** alpha)
-    L = L / L.max()
-    L = 0.5 * (L + L.T)
-    sc = cluster.SpectralClustering(n_clusters=K, eigen_solver="arpack", affinity="precomputed",
-                                    assign_labels="discretize", random_state=seed)
-    return sc.fit_predict(L)
 
 
 # ----------------------------------------------------------------------------- main

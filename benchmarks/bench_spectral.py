@@ -27,6 +27,7 @@ from _common import best_of, emit, first_call, machine  # noqa: E402
 
 from aeclust_jax import metrics  # noqa: E402
 from aeclust_jax.cluster import dsc_affinity, spectral  # noqa: E402
+from aeclust_jax.cluster.reference import post_proC_affinity, thrC  # noqa: E402
 
 K, PER, D, ALPHA, RO = 20, 72, 12, 8.0, 0.04
 
@@ -38,37 +39,6 @@ def data(seed=0):
     g = x @ x.T
     c = np.linalg.solve(g + 0.1 * np.eye(len(x)), g)
     return c.astype(np.float32), np.repeat(np.arange(K), PER)
-
-
-def np_thrC(C, ro):  # DSC-Net's published loop
-    N = C.shape[1]
-    Cp = np.zeros((N, N))
-    S = np.abs(np.sort(-np.abs(C), axis=0))
-    Ind = np.argsort(-np.abs(C), axis=0)
-    for i in range(N):
-        cL1 = np.sum(S[:, i]).astype(float)
-        csum, t = 0, 0
-        while True:
-            csum = csum + S[t, i]
-            t = t + 1
-            if csum > ro * cL1:
-                Cp[Ind[0:t, i], i] = C[Ind[0:t, i], i]
-                break
-    return Cp
-
-
-def np_post_proC_affinity(C, k, d, alpha):
-    from scipy.sparse.linalg import svds
-    from sklearn.preprocessing import normalize
-    C = 0.5 * (C + C.T)
-    U, S, _ = svds(C, d * k + 1, v0=np.ones(C.shape[0]))
-    U = U[:, ::-1].dot(np.diag(np.sqrt(S[::-1])))
-    U = normalize(U, norm="l2", axis=1)
-    Z = U.dot(U.T)
-    Z = Z * (Z > 0)
-    L = np.abs(Z ** alpha)
-    L = L / L.max()
-    return 0.5 * (L + L.T)
 
 
 @jax.jit
@@ -121,7 +91,7 @@ def main(argv=None):
     res["post_ours_randomized_s"], L_rnd = best_of(rnd, a.repeat)
     res["post_randomized_max_abs_diff"] = float(np.abs(np.asarray(L_rnd) - L).max())
     c64 = c.astype(np.float64)
-    res["post_numpy_s"], L_np = best_of(lambda: np_post_proC_affinity(np_thrC(c64, RO), K, D, ALPHA), 1)
+    res["post_numpy_s"], L_np = best_of(lambda: post_proC_affinity(thrC(c64, RO), K, D, ALPHA), 1)
     res["post_max_abs_diff_vs_numpy"] = float(np.abs(L_np - L).max())
     res["post_speedup"] = res["post_numpy_s"] / res["post_ours_eigh_s"]
     res["machine"]["load_avg_1m_end"] = machine()["load_avg_1m"]

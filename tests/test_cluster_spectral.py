@@ -3,54 +3,13 @@
 import jax
 import numpy as np
 import pytest
-from scipy.sparse.linalg import svds
 from sklearn.cluster import SpectralClustering
 from sklearn.metrics import adjusted_rand_score
-from sklearn.preprocessing import normalize
 
 from aeclust_jax import metrics
 from aeclust_jax.cluster import dsc_affinity, spectral
 from aeclust_jax.cluster._spectral import threshold_columns
-
-
-# --- numpy transcription of DSC-Net's thrC / post_proC (panji1990/Deep-subspace-clustering-networks)
-def thrC(C, ro):
-    if ro < 1:
-        N = C.shape[1]
-        Cp = np.zeros((N, N))
-        S = np.abs(np.sort(-np.abs(C), axis=0))
-        Ind = np.argsort(-np.abs(C), axis=0)
-        for i in range(N):
-            cL1 = np.sum(S[:, i]).astype(float)
-            stop = False
-            csum = 0
-            t = 0
-            while not stop:
-                csum = csum + S[t, i]
-                t = t + 1
-                if csum > ro * cL1:
-                    stop = True
-                    Cp[Ind[0:t, i], i] = C[Ind[0:t, i], i]
-    else:
-        Cp = C
-    return Cp
-
-
-def post_proC_affinity(C, K, d, alpha):
-    C = 0.5 * (C + C.T)
-    r = d * K + 1
-    U, S, _ = svds(C, r, v0=np.ones(C.shape[0]))
-    U = U[:, ::-1]
-    S = np.sqrt(S[::-1])
-    S = np.diag(S)
-    U = U.dot(S)
-    U = normalize(U, norm="l2", axis=1)
-    Z = U.dot(U.T)
-    Z = Z * (Z > 0)
-    L = np.abs(Z ** alpha)
-    L = L / L.max()
-    L = 0.5 * (L + L.T)
-    return L
+from aeclust_jax.cluster.reference import post_proC_affinity, thrC
 
 
 def subspace_data(k=4, per=40, dim=4, seed=0):
