@@ -1,6 +1,5 @@
 """knn_classify = scikit-learn's KNeighborsClassifier(algorithm="brute") predictions."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits

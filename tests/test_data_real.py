@@ -1,7 +1,6 @@
 """Real-data checks on the canonical files in $AECLUST_MANUAL_DIR (CI points it at shared/data)."""
 
 import numpy as np
-import pytest
 
 from aeclust_jax.data import load
 

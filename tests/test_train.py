@@ -84,7 +84,6 @@ def test_each_row_once_per_epoch(last_batch, n, bs):
     """The loss = masked batch mean of a row id: the epoch's weighted mean recovers exactly the
     mean over the rows seen (all n with padding; floor(n/B)*B of them when dropping)."""
     ids = np.arange(n, dtype=np.float32)[:, None] ** 2
-    seen = []
 
     def loss_fn(params, batch, rng):
         return train.masked_mean(batch["v"] + 0 * params["b"], batch["mask"]), {

@@ -25,7 +25,7 @@ not on the reconstruction path (see ``RECON_PARAM_FILTER``).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import flax.linen as nn
 import jax

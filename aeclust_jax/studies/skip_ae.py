@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from aeclust_jax import runs, train
-from aeclust_jax.config import load_config, read_yaml, to_dict
+from aeclust_jax.config import load_config, to_dict
 from aeclust_jax.models import get_model
 
 MODELS = ("cae", "cae_skip", "dae", "dae_skip")
