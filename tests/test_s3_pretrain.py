@@ -126,7 +126,7 @@ def test_frozen_encoder_does_not_move_and_finetuned_does():
                 assert moved, k
 
 
-def test_fit_scanned_matches_engine_fit():
+def test_scanned_epochs_match_per_step_fit():
     ds = _toy(n=45)
     model = get_model("mlp", hidden_widths=(8,))
     tx = train.make_optimizer("adam", 1e-3)
@@ -139,9 +139,11 @@ def test_fit_scanned_matches_engine_fit():
         return train.masked_mean(ce, batch["mask"]) + 1e-3 * noise, {"n": noise}
 
     data = {"image": ds.images, "label": ds.labels}
-    ours, hist = s3.fit_scanned(state, data, loss_fn, batch_size=10, epochs=2, key=jax.random.key(5))
+    scanned = train.fit(state, data, loss_fn, batch_size=10, epochs=2, key=jax.random.key(5),
+                        scan_epoch=True, progress=False)
     ref = train.fit(state, data, loss_fn, batch_size=10, epochs=2, key=jax.random.key(5), progress=False)
-    for x, y in zip(jax.tree.leaves(ours.params), jax.tree.leaves(ref.state.params)):
+    hist = scanned.history
+    for x, y in zip(jax.tree.leaves(scanned.state.params), jax.tree.leaves(ref.state.params)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4, atol=2e-6)
     for h, r in zip(hist, ref.history):
         assert h["loss"] == pytest.approx(r["loss"], rel=1e-4)

@@ -285,69 +285,6 @@ def classification_loss(model, pixel_max: float) -> train.steps.LossFn:
     return loss_fn
 
 
-@functools.cache
-def _epoch_runner(loss_fn: train.steps.LossFn) -> Callable:
-    """Jitted ``(state, batched (steps, B, ...), mask (steps, B), epoch_key, weights (steps,))
-    -> (state, weighted loss, weighted aux, all losses finite)``: the epoch's steps in a scan."""
-    @jax.jit
-    def run_epoch(state, batched, mask, ekey, weights):
-        def step(state, s):
-            batch = {k: v[s] for k, v in batched.items()}
-            batch["mask"] = mask[s]
-            rng = jax.random.fold_in(ekey, s)
-            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
-            return state.apply_gradients(grads=grads), (loss, aux)
-        steps = mask.shape[0]
-        state, (losses, auxes) = jax.lax.scan(step, state, jnp.arange(steps, dtype=jnp.int32))
-        means = {k: jnp.sum(v * weights) for k, v in auxes.items()}
-        return state, jnp.sum(losses * weights), means, jnp.all(jnp.isfinite(losses))
-    return run_epoch
-
-
-def fit_scanned(state, data: dict[str, np.ndarray], loss_fn: train.steps.LossFn, *,
-                batch_size: int, epochs: int, key: jax.Array, progress: bool = False,
-                desc: str = "train") -> tuple[Any, list[dict]]:
-    """``train.fit`` with each epoch's steps in one ``lax.scan`` (for tiny models at batch 10).
-
-    Same batches and keys as ``train.fit`` with ``last_batch="pad"`` (epoch ``e`` shuffled by the
-    engine's epoch function with ``fold_in(key, e)``, step ``s`` rng ``fold_in(that, s)``), so the
-    same params up to float rounding. Why: at batch 10 the engine's per-step dispatch dominates;
-    measured on this 2-core machine (warm, 600 steps of the code-10 AE), a scanned epoch took
-    0.14 s against the engine's 0.47 s (3.4x; docs/s3.md).
-    Returns (state, history: one {"epoch", "loss", aux..., "seconds"} per epoch, loss and aux
-    averaged over real rows).
-    """
-    n = len(next(iter(data.values())))
-    mesh = train.make_mesh()
-    steps = train.steps_per_epoch(n, batch_size, "pad")
-    epoch_fn = train.steps.make_epoch_fn(n, batch_size, steps, mesh)
-    arrays = {k: train.shard_rows(v, mesh) for k, v in data.items()}
-    state = train.replicate(state, mesh)
-    real = np.full(steps, batch_size, np.float64)
-    real[-1] = n - (steps - 1) * batch_size
-    weights = jnp.asarray(real / real.sum(), jnp.float32)
-    run_epoch = _epoch_runner(loss_fn)
-    history = []
-    epochs_iter = range(1, epochs + 1)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = epochs_iter = tqdm(epochs_iter, desc=desc, unit="epoch", dynamic_ncols=True)
-    for epoch in epochs_iter:
-        t0 = time.perf_counter()
-        ekey = jax.random.fold_in(key, epoch)
-        batched, mask = epoch_fn(arrays, ekey)
-        state, loss, aux, finite = run_epoch(state, batched, mask, ekey, weights)
-        if not bool(finite):
-            raise train.TrainingDivergedError(epoch, -1, float("nan"), None)
-        rec = {"epoch": epoch, "loss": float(loss), **{k: float(v) for k, v in aux.items()}}
-        rec["seconds"] = time.perf_counter() - t0
-        history.append(rec)
-        if bar is not None:
-            bar.set_postfix(loss=f"{rec['loss']:.4g}")
-    return state, history
-
-
 def pretrain_autoencoder(cfg: S3Config, model: MLPAutoencoder, params, images: np.ndarray,
                          key: jax.Array, *, progress: bool = False) -> tuple[Any, Any, list[dict]]:
     """Trains encoder + decoder of ``params`` on ``images`` uint8 (N, H, W, C), no labels: mean
@@ -355,10 +292,10 @@ def pretrain_autoencoder(cfg: S3Config, model: MLPAutoencoder, params, images: n
     Returns (params, the encoder's optimizer state, history)."""
     tx = group_optimizer(cfg.optimizer, cfg.lr, cfg.adam_eps, ("encoder", "decoder"))
     state = train.create_train_state(model, key, None, tx, params=params)
-    state, history = fit_scanned(state, {"image": images}, reconstruction_loss(model, cfg.pixel_max),
-                                 batch_size=cfg.batch_size, epochs=cfg.ae_epochs, key=key,
-                                 progress=progress, desc="autoencode")
-    return state.params, state.opt_state.inner_states["encoder"], history
+    res = train.fit(state, {"image": images}, reconstruction_loss(model, cfg.pixel_max),
+                    batch_size=cfg.batch_size, epochs=cfg.ae_epochs, key=key, scan_epoch=True,
+                    progress=progress, desc="autoencode")
+    return res.state.params, res.state.opt_state.inner_states["encoder"], res.history
 
 
 def classifier_state(cfg: S3Config, model, params, key: jax.Array, encoder_opt_state=None):
@@ -382,11 +319,11 @@ def train_classifier(cfg: S3Config, model, params, images: np.ndarray, labels: n
     softmax cross-entropy. AE: the decoder never moves; with ``cfg.freeze_encoder`` neither does
     the encoder; else ``encoder_opt_state`` (from pretraining), when given, seeds its Adam state."""
     state = classifier_state(cfg, model, params, key, encoder_opt_state)
-    state, history = fit_scanned(state, {"image": images, "label": labels},
-                                 classification_loss(model, cfg.pixel_max),
-                                 batch_size=cfg.batch_size, epochs=cfg.epochs, key=key,
-                                 progress=progress, desc="supervised")
-    return state.params, history
+    res = train.fit(state, {"image": images, "label": labels},
+                    classification_loss(model, cfg.pixel_max), batch_size=cfg.batch_size,
+                    epochs=cfg.epochs, key=key, scan_epoch=True, progress=progress,
+                    desc="supervised")
+    return res.state.params, res.history
 
 
 @functools.cache

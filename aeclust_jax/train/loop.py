@@ -19,7 +19,8 @@ import numpy as np
 
 from aeclust_jax.train.checkpoint import Checkpointer
 from aeclust_jax.train.sharding import make_mesh, replicate, shard_rows
-from aeclust_jax.train.steps import LossFn, make_epoch_fn, make_train_step, steps_per_epoch
+from aeclust_jax.train.steps import (LossFn, make_epoch_fn, make_epoch_scan, make_train_step,
+                                     steps_per_epoch)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -63,10 +64,39 @@ class History:
                 f.write(json.dumps(rec) + "\n")
 
 
-def _first_bad(losses: list) -> tuple[int, float] | None:
-    vals = np.asarray(jnp.stack(losses))
-    bad = np.flatnonzero(~np.isfinite(vals))
-    return (int(bad[0]), float(vals[bad[0]])) if bad.size else None
+def _raise_if_diverged(loss_vals: np.ndarray, first_step: int, epoch: int, checkpointer) -> None:
+    """Raises TrainingDivergedError at the first non-finite value of ``loss_vals``."""
+    bad = np.flatnonzero(~np.isfinite(loss_vals))
+    if bad.size:
+        raise TrainingDivergedError(epoch, first_step + int(bad[0]), float(loss_vals[bad[0]]),
+                                    checkpointer and checkpointer.latest_epoch())
+
+
+def _run_steps(state, train_step, batched, mask, ekey, epoch, steps, n, batch_size, t0,
+               checkpointer, bar, log_every, step_hook):
+    """One epoch, one jitted call per step; losses checked every ``log_every`` steps.
+    Returns (state, losses (steps,) float64, {aux name: (steps,) float64})."""
+    losses, auxes = [], []
+    checked = 0
+    for s in range(steps):
+        state, loss, aux = train_step(state, batched, mask, np.int32(s), ekey)
+        losses.append(loss)
+        auxes.append(aux)
+        if step_hook is not None:
+            step_hook(epoch, s)
+        if (s + 1) % log_every == 0 or s + 1 == steps:
+            _raise_if_diverged(np.asarray(jnp.stack(losses[checked:]), np.float64), checked,
+                               epoch, checkpointer)
+            if bar is not None:
+                el = time.perf_counter() - t0
+                bar.set_postfix(epoch=epoch, loss=f"{float(loss):.5f}",
+                                img_s=f"{min(n, (s + 1) * batch_size) / el:.0f}")
+                bar.update(s + 1 - checked)
+            checked = s + 1
+    loss_vals = np.asarray(jnp.stack(losses), np.float64)
+    aux_vals = {k: np.asarray(jnp.stack([a[k] for a in auxes]), np.float64)
+                for k in (auxes[0] if auxes else {})}
+    return state, loss_vals, aux_vals
 
 
 def fit(state, data: dict[str, np.ndarray], loss_fn: LossFn, *, batch_size: int, epochs: int,
@@ -74,7 +104,7 @@ def fit(state, data: dict[str, np.ndarray], loss_fn: LossFn, *, batch_size: int,
         eval_fn: Callable[[Any, int], dict] | None = None, eval_every: int = 1,
         checkpointer: Checkpointer | None = None, resume: bool = False,
         history_path: str | os.PathLike | None = None, progress: bool = True,
-        desc: str = "train", log_every: int = 50,
+        desc: str = "train", log_every: int = 50, scan_epoch: bool = False,
         step_hook: Callable[[int, int], None] | None = None) -> FitResult:
     """Trains ``state`` on ``data`` (dict of host arrays with the same N) for ``epochs`` epochs.
 
@@ -88,7 +118,9 @@ def fit(state, data: dict[str, np.ndarray], loss_fn: LossFn, *, batch_size: int,
     the last epoch; ``resume`` restores its newest checkpoint first. A non-finite loss raises
     TrainingDivergedError (checked every ``log_every`` steps and at each epoch end) before any
     later checkpoint is written. ``step_hook(epoch, step)`` runs on the host after each step is
-    dispatched (tests use it to kill the process mid-epoch).
+    dispatched (tests use it to kill the process mid-epoch). ``scan_epoch`` runs each epoch as
+    one ``lax.scan`` (same batches, keys and result; for tiny steps where dispatch dominates;
+    no ``step_hook``, the non-finite check at the epoch's end).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -112,6 +144,7 @@ def fit(state, data: dict[str, np.ndarray], loss_fn: LossFn, *, batch_size: int,
     arrays = {k: shard_rows(v, mesh) for k, v in data.items()}
     epoch_fn = make_epoch_fn(n, batch_size, steps, mesh)
     train_step = make_train_step(loss_fn, mesh)
+    epoch_scan = make_epoch_scan(loss_fn, mesh) if scan_epoch else None
     real = np.full(steps, batch_size, np.float64)
     if last_batch == "pad":
         real[-1] = n - (steps - 1) * batch_size
@@ -125,33 +158,21 @@ def fit(state, data: dict[str, np.ndarray], loss_fn: LossFn, *, batch_size: int,
             t0 = time.perf_counter()
             ekey = jax.random.fold_in(key, epoch)
             batched, mask = epoch_fn(arrays, ekey)
-            losses, auxes = [], []
-            checked = shown = 0
-            for s in range(steps):
-                state, loss, aux = train_step(state, batched, mask, np.int32(s), ekey)
-                losses.append(loss)
-                auxes.append(aux)
-                if step_hook is not None:
-                    step_hook(epoch, s)
-                if (s + 1) % log_every == 0 or s + 1 == steps:
-                    bad = _first_bad(losses[checked:])
-                    if bad is not None:
-                        raise TrainingDivergedError(epoch, checked + bad[0], bad[1],
-                                                    checkpointer and checkpointer.latest_epoch())
-                    checked = s + 1
-                    if bar is not None:
-                        el = time.perf_counter() - t0
-                        bar.set_postfix(epoch=epoch, loss=f"{float(loss):.5f}",
-                                        img_s=f"{min(n, (s + 1) * batch_size) / el:.0f}")
-                        bar.update(s + 1 - shown)
-                        shown = s + 1
+            if epoch_scan is not None:
+                state, losses, auxes = epoch_scan(state, batched, mask, ekey)
+                loss_vals = np.asarray(losses, np.float64)
+                aux_vals = {k: np.asarray(v, np.float64) for k, v in auxes.items()}
+                _raise_if_diverged(loss_vals, 0, epoch, checkpointer)
+                if bar is not None:
+                    bar.set_postfix(epoch=epoch, loss=f"{loss_vals[-1]:.5f}")
+                    bar.update(steps)
+            else:
+                state, loss_vals, aux_vals = _run_steps(
+                    state, train_step, batched, mask, ekey, epoch, steps, n, batch_size, t0,
+                    checkpointer, bar, log_every, step_hook)
             w = real / real.sum()
-            loss_vals = np.asarray(jnp.stack(losses), np.float64)
             rec = {"epoch": epoch, "loss": float((loss_vals * w).sum())}
-            if auxes and auxes[0]:
-                for k in auxes[0]:
-                    vals = np.asarray(jnp.stack([a[k] for a in auxes]), np.float64)
-                    rec[k] = float((vals * w).sum())
+            rec.update({k: float((v * w).sum()) for k, v in aux_vals.items()})
             dt = time.perf_counter() - t0
             seconds += dt
             seen += n if last_batch == "pad" else steps * batch_size

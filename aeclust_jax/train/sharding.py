@@ -50,8 +50,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def replicate(tree, mesh: Mesh):
-    """Places every leaf of ``tree`` on all devices of ``mesh``."""
-    return jax.device_put(tree, replicated(mesh))
+    """A copy of every leaf of ``tree`` on all devices of ``mesh`` (never an alias: the fit loop
+    donates its state, and the caller's arrays must stay valid)."""
+    return jax.device_put(tree, replicated(mesh), may_alias=False)
 
 
 def pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
