@@ -48,21 +48,14 @@ def machine() -> dict:
 
 
 def mnist_pixels(n: int | None = None) -> np.ndarray | None:
-    """MNIST train+test pixels (70000, 784) float32 in [0, 1] from $AECLUST_MANUAL_DIR/mnist, or None."""
-    import gzip
-    import pathlib
-
-    root = os.environ.get("AECLUST_MANUAL_DIR")
-    if not root:
+    """MNIST train+test pixels (70000, 784) float32 in [0, 1] via ``aeclust_jax.data.load``, or
+    None when $AECLUST_MANUAL_DIR is not set (the benchmarks then use random data of that shape)."""
+    if not os.environ.get("AECLUST_MANUAL_DIR"):
         return None
-    parts = []
-    for name in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
-        path = pathlib.Path(root) / "mnist" / name
-        if not path.is_file():
-            return None
-        with gzip.open(path, "rb") as f:
-            parts.append(np.frombuffer(f.read(), np.uint8)[16:].reshape(-1, 784))
-    x = np.concatenate(parts).astype(np.float32) / 255.0
+    from aeclust_jax.data import load
+
+    x = np.concatenate([load("mnist", split).images for split in ("train", "test")])
+    x = x.reshape(len(x), -1).astype(np.float32) / 255.0
     return x[:n] if n else x
 
 

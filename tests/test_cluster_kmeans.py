@@ -1,6 +1,5 @@
 """K-means: inertia parity with scikit-learn (best of the same n_init), edge cases, jit/vmap/sharding."""
 
-import gzip
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from aeclust_jax.cluster import KMeans, kmeans
+from aeclust_jax.data import load
 
 
 def sk_inertias(x, k, n_init):
@@ -45,14 +45,8 @@ def test_random_data_match_sklearn():
     check_quality(x, 7)
 
 
-def _idx_images(path, n):
-    with gzip.open(path, "rb") as f:
-        data = np.frombuffer(f.read(), np.uint8)
-    return data[16:16 + n * 784].reshape(n, 784)
-
-
 def test_mnist_pixels_match_sklearn(real_manual_dir):
-    x = _idx_images(real_manual_dir / "mnist" / "t10k-images-idx3-ubyte.gz", 3000)
+    x = load("mnist", "test", manual_dir=real_manual_dir).images[:3000].reshape(3000, 784)
     check_quality(x.astype(np.float32) / 255.0, 10, n_init=3)
 
 
