@@ -1,13 +1,15 @@
 """Train-step throughput of the S1 MNIST models (cae_skip, dae) vs PyTorch eager on CPU.
 
-    python benchmarks/bench_train_step.py [--batch 128] [--steps 30] [--rounds 3]
+    python benchmarks/bench_train_step.py [--batch 128] [--steps 24] [--rounds 7]
 
 Ours: the engine's jitted train step (aeclust_jax.train: uint8 batch on device, float conversion
-and noise inside the step, Adadelta Keras-2020), variants: upsampling op (repeat | broadcast |
-resize) and steps fused per dispatch (1 = one jitted call per step, k = a Python loop of k steps
-inside one jit, unrolled). Peer: the same architecture in PyTorch (NCHW, eager), same optimizer,
-same batch, the same process. Warm timings (compile reported apart); rounds interleave ours and
-the peer and the median is kept. Also XLA's cost analysis FLOPs per image and the fraction of
+and noise inside the step, Adadelta Keras-2020), variants: upsampling op (subpixel = the default:
+each up x2 + 3x3 conv computed as one conv on the small map, models/layers.py; repeat | broadcast
+| resize = the literal upsample then conv) and steps fused per dispatch (1 = one jitted call per
+step, k = a Python loop of k steps inside one jit, unrolled). Peer: the same architecture in
+PyTorch (NCHW, eager), same optimizer, same batch, the same process. Warm timings (compile
+reported apart); rounds interleave ours and the peer; the median is kept (and best-of-rounds
+reported: this shared machine's speed drifts by +-20% from minute to minute). Also XLA's cost analysis FLOPs per image and the fraction of
 this machine's measured float32 matmul FLOP/s the step reaches. LAST line: one JSON object.
 """
 
@@ -186,9 +188,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=24)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--models", nargs="+", default=["cae_skip", "dae"])
-    p.add_argument("--upsample", nargs="+", default=["repeat", "broadcast", "resize"])
+    p.add_argument("--upsample", nargs="+", default=["subpixel", "repeat", "broadcast", "resize"])
     p.add_argument("--fuse", nargs="+", type=int, default=[1, 4])
     a = p.parse_args()
     import torch
@@ -203,7 +205,7 @@ def main():
         variants = {}
         for up in a.upsample:
             for fuse in a.fuse:
-                if fuse != 1 and up != "repeat":
+                if fuse != 1 and up != "subpixel":
                     continue
                 run, compile_s, flops = make_ours(name, images, a.batch, up, fuse)
                 variants[f"{up}/fuse{fuse}"] = (run, compile_s, flops)
@@ -218,13 +220,14 @@ def main():
         for k, (_, compile_s, flops) in variants.items():
             med = statistics.median(ours_ips[k])
             res["variants"][k] = {"images_per_s": med, "speedup": med / peer_med,
+                                  "best_of_rounds_speedup": max(ours_ips[k]) / max(peer_ips),
                                   "compile_s": compile_s, "flops_per_image": flops,
                                   "fraction_of_matmul_peak": flops * med / peak}
             print(f"{name:9s} {k:18s} ours {med:8.0f} img/s  torch {peer_med:8.0f} img/s  "
                   f"speedup {med / peer_med:5.2f}x  compile {compile_s:5.1f}s  "
                   f"{flops / 1e6:.2f} MFLOP/img  {100 * flops * med / peak:.1f}% of matmul peak")
         best = max(res["variants"], key=lambda k: res["variants"][k]["images_per_s"])
-        default = "repeat/fuse1"
+        default = "subpixel/fuse1"
         res["default"] = default
         res["best"] = best
         res["speedup"] = res["variants"][default]["speedup"] if default in res["variants"] else None

@@ -16,6 +16,9 @@ Two families, chosen by the image shape (STUDIES.md S1, the authors' Keras code)
   [+ z1] -> Conv8 -> Up 26 -> Conv8 -> Up 52 -> Conv16 'valid' (50) [+ z2] -> Up 100 -> Conv1 sigmoid.
 
 Convs are 3x3 ReLU 'same' unless said, pools 2x2 'same', dense layers SELU, upsampling nearest x2.
+How they run (models/layers.py): each "upsample x2 then conv" is one conv on the small map
+(``upsample="subpixel"``, exact; ``repeat``/``broadcast``/``resize`` run it literally), and each
+"conv, ReLU, pool" as conv, pool, bias, ReLU (same values).
 ``dae``/``dae_skip`` are the same networks; they only carry ``noise_std`` (the corruption is applied
 by the training step, not the model). The latent+skip feature (``with_latent_skip=True``) adds
 Dense(30, selu) projections of flatten(z2) and flatten(z1) to the latent, as the authors'
@@ -30,6 +33,8 @@ from typing import NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from aeclust_jax.models.layers import Conv3x3
 
 LATENT_DIM = 30
 LATENT_SKIP_PREFIX = "latent_skip_"
@@ -61,17 +66,13 @@ def upsample2x(x: jax.Array, method: str = "repeat") -> jax.Array:
     raise ValueError(f"unknown upsample method {method!r}; choices: repeat, broadcast, resize")
 
 
-def _pool(x):
-    return nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-
-
 class SkipAE(nn.Module):
     """The S1 autoencoder for one image shape; see the module docstring for the layers."""
     image_shape: Sequence[int] = (28, 28, 1)
     skip: bool = False
     noise_std: float = 0.0          # > 0 marks a denoising model (dae, dae_skip)
     latent_dim: int = LATENT_DIM
-    upsample: str = "repeat"
+    upsample: str = "subpixel"
 
     @property
     def family(self) -> str:
@@ -79,7 +80,7 @@ class SkipAE(nn.Module):
 
     def setup(self):
         h, w, c = self.image_shape
-        conv = lambda f, name, pad="SAME": nn.Conv(f, (3, 3), padding=pad, name=name)
+        conv = lambda f, name, pad="SAME": Conv3x3(f, pad, name=name)
         self.enc_conv1 = conv(16, "enc_conv1")
         self.enc_conv2 = conv(8, "enc_conv2")
         self.enc_conv3 = conv(8, "enc_conv3")
@@ -94,10 +95,11 @@ class SkipAE(nn.Module):
         self.dec_conv1 = conv(8, "dec_conv1")
         self.dec_conv2 = conv(8, "dec_conv2")
         self.dec_conv3 = conv(16, "dec_conv3", pad="VALID")
-        self.dec_out = nn.Conv(c, (3, 3), padding="SAME", name="dec_out")
+        self.dec_out = conv(c, "dec_out")
         if self.skip and self.family == "28":
             self.skip_conv_z1 = conv(8, "skip_conv_z1")
-            self.skip_convt_z2 = nn.ConvTranspose(8, (3, 3), padding="VALID", name="skip_convt_z2")
+            # = nn.ConvTranspose(8, (3, 3), padding="VALID"): same parameters, same function
+            self.skip_convt_z2 = conv(8, "skip_convt_z2", pad="FULL")
         # Keras Dense default init (glorot_uniform, zero bias); never on the reconstruction path.
         self.latent_skip_z1 = nn.Dense(self.latent_dim, kernel_init=nn.initializers.glorot_uniform(),
                                        name=LATENT_SKIP_PREFIX + "z1")
@@ -108,12 +110,12 @@ class SkipAE(nn.Module):
         """x (N, H, W, C) in [0, 1] -> latent (N, 30), skips (z1, z2)."""
         relu, selu = nn.relu, nn.selu
         if self.family == "28":
-            y = _pool(relu(self.enc_conv1(x)))
-            z2 = y = _pool(relu(self.enc_conv2(y)))         # 7x7x8
+            y = relu(self.enc_conv1(x, pooled=True))                # conv, pool, bias, relu
+            z2 = y = relu(self.enc_conv2(y, pooled=True))           # 7x7x8
         else:
-            z2 = y = _pool(relu(self.enc_conv1(x)))         # 50x50x16
-            y = _pool(relu(self.enc_conv2(y)))
-        z1 = y = _pool(relu(self.enc_conv3(y)))             # 4x4x8 | 13x13x8
+            z2 = y = relu(self.enc_conv1(x, pooled=True))           # 50x50x16
+            y = relu(self.enc_conv2(y, pooled=True))
+        z1 = y = relu(self.enc_conv3(y, pooled=True))               # 4x4x8 | 13x13x8
         y = y.reshape(y.shape[0], -1)
         y = selu(self.enc_dense1(y))
         y = selu(self.enc_dense2(y))
@@ -134,7 +136,10 @@ class SkipAE(nn.Module):
         ``skip_branch_*``) for the feature-map figure.
         """
         relu, selu = nn.relu, nn.selu
-        up = lambda t: upsample2x(t, self.upsample)
+        subpixel = self.upsample == "subpixel"
+        up = lambda t: upsample2x(t, "repeat" if subpixel else self.upsample)
+        # conv(up(t)): with "subpixel" computed on t's grid by models.layers.upsample_conv
+        up_conv = lambda conv, t, **kw: conv(t, upsampled=True, **kw) if subpixel else conv(up(t), **kw)
         y = selu(self.dec_dense1(latent))
         y = selu(self.dec_dense2(y))
         y = y.reshape((y.shape[0],) + tuple(self.z1_shape))
@@ -147,28 +152,29 @@ class SkipAE(nn.Module):
                 self.sow("intermediates", "latent_path_1", y)
                 self.sow("intermediates", "skip_branch_1", s1)
                 y = y + s1
-            y = up(relu(self.dec_conv1(y)))                  # 8x8x8
+            y = relu(self.dec_conv1(y))                      # 4x4x8
             if use_skip:
-                s2 = _pool(relu(self.skip_convt_z2(up(z2))))  # 14 -> 16 -> 8
+                y = up(y)                                    # 8x8x8
+                s2 = relu(up_conv(self.skip_convt_z2, z2, pooled=True))  # 14 -> 16 -> 8
                 self.sow("intermediates", "latent_path_2", y)
                 self.sow("intermediates", "skip_branch_2", s2)
-                y = y + s2
-            y = up(relu(self.dec_conv2(y)))                  # 16x16x8
-            y = relu(self.dec_conv3(y))                      # 14x14x16
+                y = relu(self.dec_conv2(y + s2))             # 8x8x8
+            else:
+                y = relu(up_conv(self.dec_conv2, y))         # 8x8x8
+            y = relu(up_conv(self.dec_conv3, y))             # 16 'valid' -> 14x14x16
         else:
             if use_skip:
                 self.sow("intermediates", "latent_path_1", y)
                 self.sow("intermediates", "skip_branch_1", z1)
                 y = y + z1
-            y = up(relu(self.dec_conv1(y)))                  # 26
-            y = up(relu(self.dec_conv2(y)))                  # 52
-            y = relu(self.dec_conv3(y))                      # 50x50x16
+            y = relu(self.dec_conv1(y))                      # 13
+            y = relu(up_conv(self.dec_conv2, y))             # 26
+            y = relu(up_conv(self.dec_conv3, y))             # 52 'valid' -> 50x50x16
             if use_skip:
                 self.sow("intermediates", "latent_path_2", y)
                 self.sow("intermediates", "skip_branch_2", z2)
                 y = y + z2
-        y = up(y)
-        return nn.sigmoid(self.dec_out(y))
+        return nn.sigmoid(up_conv(self.dec_out, y))          # 28 | 100
 
     def __call__(self, x: jax.Array, *, with_latent_skip: bool = False) -> AEOutput:
         """x (N, H, W, C) float in [0, 1] -> AEOutput. Initialise with ``with_latent_skip=True``

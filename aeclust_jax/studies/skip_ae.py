@@ -30,6 +30,7 @@ from aeclust_jax.models import get_model
 MODELS = ("cae", "cae_skip", "dae", "dae_skip")
 DATASETS = ("mnist", "fashion_mnist", "hanja", "hanja_synth")
 LATENT_SKIP_MODES = ("random", "trained")
+UPSAMPLE_METHODS = ("subpixel", "repeat", "broadcast", "resize")
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -48,7 +49,7 @@ class S1Config:
     aux_weight: float = 1.0              # latent_skip=trained: weight of the auxiliary loss
     seed: int = 0
     last_batch: str = "pad"              # pad (Keras: every row once, last batch masked) | drop
-    upsample: str = "repeat"             # nearest x2 upsampling op: repeat | broadcast | resize
+    upsample: str = "subpixel"           # up x2 + conv as one conv (exact) | repeat | broadcast | resize
     train_limit: int = 0                 # use the first N training images (0: all)
     test_limit: int = 0                  # evaluate PSNR on the first N test images (0: all)
     n_cluster: int = 3000                # first N test images for t-SNE / K-means
@@ -67,7 +68,7 @@ class S1Config:
                                      ("optimizer", self.optimizer, train.OPTIMIZERS),
                                      ("latent_skip", self.latent_skip, LATENT_SKIP_MODES),
                                      ("last_batch", self.last_batch, ("pad", "drop")),
-                                     ("upsample", self.upsample, ("repeat", "broadcast", "resize"))):
+                                     ("upsample", self.upsample, UPSAMPLE_METHODS)):
             if value not in choices:
                 raise ValueError(f"unknown {name} {value!r}; choices: {', '.join(choices)}")
         for name in ("epochs", "batch_size", "n_cluster", "kmeans_n_init", "eval_batch",
@@ -323,7 +324,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-cluster", type=int, help="first N test images for t-SNE/K-means (3000)")
     p.add_argument("--eval-every", type=int, help="PSNR + NMI every N epochs into history.jsonl")
     p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--upsample", help="repeat | broadcast | resize")
+    p.add_argument("--upsample", help="subpixel (default) | repeat | broadcast | resize")
     p.add_argument("--last-batch", help="pad | drop")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the dataset builder, e.g. train_per_class=100 (repeatable)")

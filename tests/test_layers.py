@@ -1,0 +1,81 @@
+"""models.layers: the sub-pixel upsample+conv and the reshape max pool equal the literal ops,
+values and gradients, on random shapes (odd sizes, 1x1 maps, one channel in or out)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aeclust_jax.models.layers import Conv3x3, conv3x3, max_pool_2x2, upsample_conv
+from aeclust_jax.models.skip_ae import upsample2x
+
+SHAPES = [(2, 14, 14, 16, 1), (3, 8, 8, 8, 16), (1, 7, 5, 3, 2), (2, 1, 1, 1, 1), (2, 4, 9, 1, 4)]
+
+
+def _literal(x, kernel, bias, padding):
+    return conv3x3(upsample2x(x), kernel, padding) + bias
+
+
+# VALID of a 1x1 map upsampled to 2x2 has no output pixel: that pair is not a case
+CASES = [(pad,) + s for pad in ("SAME", "VALID", "FULL") for s in SHAPES
+         if not (pad == "VALID" and min(s[1:3]) < 2)]
+
+
+@pytest.mark.parametrize("padding,n,h,w,cin,cout", CASES)
+def test_upsample_conv_equals_conv_of_upsampled(padding, n, h, w, cin, cout):
+    rng = np.random.default_rng(h * 100 + w)
+    x = jnp.asarray(rng.normal(size=(n, h, w, cin)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, cin, cout)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=cout), jnp.float32)
+    ref, ours = _literal(x, k, b, padding), upsample_conv(x, k, b, padding)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
+    ct = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)     # a random cotangent
+    g_ref = jax.grad(lambda *a: jnp.sum(_literal(*a, padding) * ct), argnums=(0, 1, 2))(x, k, b)
+    g_our = jax.grad(lambda *a: jnp.sum(upsample_conv(*a, padding) * ct), argnums=(0, 1, 2))(x, k, b)
+    for gr, go in zip(g_ref, g_our):
+        np.testing.assert_allclose(go, gr, rtol=1e-4, atol=1e-3)
+
+
+def test_upsample_conv_rejects_other_kernels_and_paddings():
+    x = jnp.zeros((1, 4, 4, 2))
+    with pytest.raises(ValueError, match="3x3 kernel"):
+        upsample_conv(x, jnp.zeros((5, 5, 2, 1)), None, "SAME")
+    with pytest.raises(ValueError, match="SAME, VALID or FULL"):
+        upsample_conv(x, jnp.zeros((3, 3, 2, 1)), None, "CIRCULAR")
+
+
+@pytest.mark.parametrize("h,w", [(28, 28), (14, 14), (7, 7), (5, 3), (1, 1)])
+def test_max_pool_equals_flax_max_pool(h, w):
+    x = jax.random.normal(jax.random.key(h * w), (2, h, w, 3))     # continuous: no ties
+    flax_pool = lambda t: nn.max_pool(t, (2, 2), strides=(2, 2), padding="SAME")
+    np.testing.assert_array_equal(max_pool_2x2(x), flax_pool(x))
+    ct = jax.random.normal(jax.random.key(1), flax_pool(x).shape)
+    g = lambda f: jax.grad(lambda t: jnp.sum(f(t) * ct))(x)
+    np.testing.assert_array_equal(g(max_pool_2x2), g(flax_pool))
+
+
+@pytest.mark.parametrize("cin", [1, 8])     # 1: the image-input path with its own kernel gradient
+def test_conv3x3_has_flax_parameters_values_and_gradients(cin):
+    x = jax.random.normal(jax.random.key(0), (2, 7, 7, cin))
+    key = jax.random.key(3)
+    for ours, theirs in [(Conv3x3(4), nn.Conv(4, (3, 3))),
+                         (Conv3x3(4, "VALID"), nn.Conv(4, (3, 3), padding="VALID")),
+                         (Conv3x3(4, "FULL"), nn.ConvTranspose(4, (3, 3), padding="VALID"))]:
+        p_ours, p_theirs = ours.init(key, x), theirs.init(key, x)
+        jax.tree.map(np.testing.assert_array_equal, p_ours, p_theirs)     # same tree, same init
+        np.testing.assert_allclose(ours.apply(p_ours, x), theirs.apply(p_theirs, x), atol=1e-5)
+        ct = jax.random.normal(jax.random.key(4), theirs.apply(p_theirs, x).shape)
+        grad = lambda m: jax.grad(lambda p, t: jnp.sum(m.apply(p, t) * ct), argnums=(0, 1))
+        g_ours, g_theirs = grad(ours)(p_ours, x), grad(theirs)(p_theirs, x)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                     g_ours, g_theirs)
+
+
+def test_conv3x3_pooled_is_pool_of_conv_plus_bias():
+    x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
+    m = Conv3x3(5)
+    p = m.init(jax.random.key(1), x)
+    ref = nn.max_pool(m.apply(p, x), (2, 2), strides=(2, 2), padding="SAME")
+    np.testing.assert_allclose(m.apply(p, x, pooled=True), ref, rtol=1e-6, atol=1e-6)
