@@ -67,7 +67,7 @@ def test_conv3x3_has_flax_parameters_values_and_gradients(cin):
         jax.tree.map(np.testing.assert_array_equal, p_ours, p_theirs)     # same tree, same init
         np.testing.assert_allclose(ours.apply(p_ours, x), theirs.apply(p_theirs, x), atol=1e-5)
         ct = jax.random.normal(jax.random.key(4), theirs.apply(p_theirs, x).shape)
-        grad = lambda m: jax.grad(lambda p, t: jnp.sum(m.apply(p, t) * ct), argnums=(0, 1))
+        grad = lambda m, ct=ct: jax.grad(lambda p, t: jnp.sum(m.apply(p, t) * ct), argnums=(0, 1))
         g_ours, g_theirs = grad(ours)(p_ours, x), grad(theirs)(p_theirs, x)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
                      g_ours, g_theirs)

@@ -14,7 +14,6 @@ parity) whose kernels are sums of the original taps; ``upsample_conv`` runs them
 from __future__ import annotations
 
 import functools
-from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -67,7 +66,7 @@ def _conv_dot_wgrad_bwd(pads, res, ct):
     x, kernel = res
     _, x_vjp = jax.vjp(lambda t: lax.conv_general_dilated(t, kernel, (1, 1), pads,
                                                          dimension_numbers=_DN), x)
-    kh, kw, cin, cout = kernel.shape
+    kh, kw, cin, _ = kernel.shape
     ho, wo = ct.shape[1:3]
     xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
     if cin == 1:   # taps first: (T, N, H, W) . (N, H, W, Cout), both contractions contiguous
@@ -166,4 +165,4 @@ class Conv3x3(nn.Module):
         return (max_pool_2x2(y) if pooled else y) + bias
 
 
-__all__: Sequence[str] = ("conv3x3", "upsample_conv", "max_pool_2x2", "Conv3x3")
+__all__ = ("Conv3x3", "conv3x3", "max_pool_2x2", "upsample_conv")
