@@ -32,6 +32,8 @@ def test_deterministic_and_auto(digits):
     np.testing.assert_array_equal(a, tsne(x, backend="jax", n_iter=100))
     b = tsne(x, backend="opentsne", seed=3, n_iter=100)
     np.testing.assert_array_equal(b, tsne(x, backend="opentsne", seed=3, n_iter=100))
+    # the default n_jobs=-1 (all cores) gives the single-thread embedding
+    np.testing.assert_array_equal(b, tsne(x, backend="opentsne", seed=3, n_iter=100, n_jobs=1))
     assert pick_backend(200) in available_backends()
     assert tsne(x, backend="auto", n_iter=50).shape == (200, 2)
 
