@@ -1,4 +1,4 @@
-"""Train-step throughput of the S1 MNIST models (cae_skip, dae) vs PyTorch eager on CPU.
+"""Train-step throughput of the S1 MNIST models (cae_skip, dae) vs PyTorch eager (CPU or CUDA).
 
     python benchmarks/bench_train_step.py [--batch 128] [--steps 24] [--rounds 7]
 
@@ -138,20 +138,21 @@ def torch_model(model_name: str):
     return TorchSkipAE(skip=model_name.endswith("_skip"))
 
 
-def make_torch(model_name: str, images: np.ndarray, batch: int):
-    """run(n_steps): n eager PyTorch train steps (Adadelta Keras-2020, MSE, noise for dae*)."""
+def make_torch(model_name: str, images: np.ndarray, batch: int, device: str = "cpu"):
+    """run(n_steps): n eager PyTorch train steps (Adadelta Keras-2020, MSE, noise for dae*) on
+    ``device`` (cpu | cuda; the data sits on it, as ours does)."""
     import torch
     from torch import nn
-    model = torch_model(model_name)
+    model = torch_model(model_name).to(device)
     opt = torch.optim.Adadelta(model.parameters(), lr=1.0, rho=0.95, eps=1e-7)
-    data = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    data = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
     steps = len(images) // batch
     noise = model_name.startswith("dae")
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
 
     def step(i):
         x = data[(i % steps) * batch:((i % steps) + 1) * batch].float() / 255.0
-        xin = (x + 0.5 * torch.randn(x.shape, generator=gen)).clamp_(0, 1) if noise else x
+        xin = (x + 0.5 * torch.randn(x.shape, generator=gen, device=device)).clamp_(0, 1) if noise else x
         opt.zero_grad(set_to_none=True)
         loss = nn.functional.mse_loss(model(xin), x)
         loss.backward()
@@ -161,6 +162,8 @@ def make_torch(model_name: str, images: np.ndarray, batch: int):
     def run(n_steps):
         for i in range(n_steps):
             step(i)
+        if device != "cpu":
+            torch.cuda.synchronize()
         return n_steps
 
     run(2)
@@ -192,16 +195,25 @@ def main():
     p.add_argument("--models", nargs="+", default=["cae_skip", "dae"])
     p.add_argument("--upsample", nargs="+", default=["subpixel", "repeat", "broadcast", "resize"])
     p.add_argument("--fuse", nargs="+", type=int, default=[1, 4])
+    p.add_argument("--torch-device", default="auto",
+                   help="cpu | cuda | auto (cuda when JAX runs on a GPU and torch sees one)")
     a = p.parse_args()
-    import torch
+    try:
+        import torch
+    except ModuleNotFoundError:
+        raise SystemExit("error: the PyTorch peer is not installed: pip install -e '.[bench]'")
+    tdev = a.torch_device
+    if tdev == "auto":
+        tdev = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
     images = mnist_images(a.batch * 8)
     peak = matmul_flops_per_s()
     print(f"devices: {jax.devices()}, torch threads {torch.get_num_threads()}, "
           f"matmul {peak / 1e9:.1f} GFLOP/s")
     report = {"benchmark": "train_step", "batch": a.batch, "platform": jax.devices()[0].platform,
+              "device": str(jax.devices()[0].device_kind), "torch_device": tdev,
               "torch_threads": torch.get_num_threads(), "matmul_gflops": peak / 1e9, "models": {}}
     for name in a.models:
-        peer = make_torch(name, images, a.batch)
+        peer = make_torch(name, images, a.batch, tdev)
         variants = {}
         for up in a.upsample:
             for fuse in a.fuse:

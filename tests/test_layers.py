@@ -7,7 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aeclust_jax.models.layers import Conv3x3, conv3x3, max_pool_2x2, upsample_conv
+from jax import lax
+
+from aeclust_jax.models.layers import (Conv3x3, _conv_dot_wgrad, conv3x3, max_pool_2x2,
+                                      upsample_conv)
 from aeclust_jax.models.skip_ae import upsample2x
 
 SHAPES = [(2, 14, 14, 16, 1), (3, 8, 8, 8, 16), (1, 7, 5, 3, 2), (2, 1, 1, 1, 1), (2, 4, 9, 1, 4)]
@@ -46,14 +49,56 @@ def test_upsample_conv_rejects_other_kernels_and_paddings():
         upsample_conv(x, jnp.zeros((3, 3, 2, 1)), None, "CIRCULAR")
 
 
-@pytest.mark.parametrize("h,w", [(28, 28), (14, 14), (7, 7), (5, 3), (1, 1)])
-def test_max_pool_equals_flax_max_pool(h, w):
-    x = jax.random.normal(jax.random.key(h * w), (2, h, w, 3))     # continuous: no ties
+def _pool_inputs(h, w):
+    """Inputs for the pool: continuous (no ties), small integers (many ties), all zeros, one
+    constant, a flat-background image with a bright patch, and -inf (ties with the padding)."""
+    rng = np.random.default_rng(h * 31 + w)
+    shape = (2, h, w, 3)
+    patch = np.zeros(shape, np.float32)
+    patch[:, h // 3: h // 3 + 2, w // 4: w // 4 + 3] = 0.75
+    return {"normal": rng.normal(size=shape), "integers": rng.integers(-1, 2, shape),
+            "zeros": np.zeros(shape), "constant": np.full(shape, 0.3), "patch": patch,
+            "neg_inf": np.full(shape, -np.inf)}
+
+
+@pytest.mark.parametrize("h,w", [(28, 28), (14, 14), (7, 7), (5, 3), (1, 1), (4, 6)])
+@pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch", "neg_inf"])
+def test_max_pool_values_and_gradient_equal_flax_max_pool(h, w, kind):
+    """Exactly nn.max_pool's gradient, ties included: one element per window (the first
+    maximum in row-major order), never all tied ones."""
+    x = jnp.asarray(_pool_inputs(h, w)[kind], jnp.float32)
     flax_pool = lambda t: nn.max_pool(t, (2, 2), strides=(2, 2), padding="SAME")
     np.testing.assert_array_equal(max_pool_2x2(x), flax_pool(x))
     ct = jax.random.normal(jax.random.key(1), flax_pool(x).shape)
     g = lambda f: jax.grad(lambda t: jnp.sum(f(t) * ct))(x)
-    np.testing.assert_array_equal(g(max_pool_2x2), g(flax_pool))
+    np.testing.assert_allclose(g(max_pool_2x2), g(flax_pool), rtol=0, atol=1e-6)
+    # the gradient of the pooled sum puts exactly one 1 in every window
+    ones = jax.grad(lambda t: max_pool_2x2(t).sum())(x)
+    assert float(ones.sum()) == float(np.prod(flax_pool(x).shape))
+
+
+def test_max_pool_gradient_of_zeros_counts_windows():
+    """The issue's measurement: 16 (every tied element) before the fix, 4 (one per window) now."""
+    assert float(jax.grad(lambda x: max_pool_2x2(x).sum())(jnp.zeros((1, 4, 4, 1))).sum()) == 4.0
+
+
+@pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch"])
+@pytest.mark.parametrize("cin,pads", [(1, ((1, 1), (1, 1))), (8, ((0, 1), (0, 1))),
+                                       (3, ((1, 2), (1, 2)))])
+def test_conv_dot_wgrad_equals_autodiff_of_plain_conv(kind, cin, pads):
+    """The hand-written VJP of _conv_dot_wgrad (einsum kernel gradient, transposed input
+    gradient) against jax.grad of lax.conv_general_dilated itself."""
+    x = jnp.asarray(_pool_inputs(7, 6)[kind][..., :1].repeat(cin, -1), jnp.float32)
+    kh = 2 if cin == 8 else 3
+    rng = np.random.default_rng(cin)
+    kernel = jnp.asarray(rng.integers(-2, 3, (kh, kh, cin, 4)), jnp.float32)   # ties in weights
+    plain = lambda t, k: lax.conv_general_dilated(t, k, (1, 1), pads,
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(_conv_dot_wgrad(x, kernel, pads), plain(x, kernel), atol=1e-5)
+    ct = jax.random.normal(jax.random.key(5), plain(x, kernel).shape)
+    grad = lambda f: jax.grad(lambda t, k: jnp.sum(f(t, k) * ct), argnums=(0, 1))(x, kernel)
+    for go, gr in zip(grad(lambda t, k: _conv_dot_wgrad(t, k, pads)), grad(plain)):
+        np.testing.assert_allclose(go, gr, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("cin", [1, 8])     # 1: the image-input path with its own kernel gradient

@@ -123,9 +123,9 @@ def _pool_blocks(x: jax.Array) -> jax.Array:
 @jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max pool, stride 2, 'SAME' (odd sizes padded with -inf at the end): (N,H,W,C) ->
-    (N, ceil(H/2), ceil(W/2), C). Values = nn.max_pool. The gradient goes to the maximum of each
-    window (to every tied maximum: ties have measure zero for conv outputs, which is where the
-    models pool); it is one fused select, where nn.max_pool's is select_and_scatter."""
+    (N, ceil(H/2), ceil(W/2), C). Values and gradient = nn.max_pool's, ties included: a window's
+    gradient goes to its first maximum in row-major order, the element XLA's select_and_scatter
+    (the transpose of reduce_window max) picks. Here it is a few fused elementwise ops."""
     return _pool_blocks(x).max(axis=(2, 4))
 
 
@@ -134,11 +134,24 @@ def _max_pool_fwd(x):
     return y, (x, y)
 
 
+def _first_max_mask(blocks: jax.Array, y: jax.Array) -> jax.Array:
+    """blocks (N, Ho, 2, Wo, 2, C), y (N, Ho, Wo, C) their maxima -> bool mask of the same shape
+    as blocks, True at exactly one element per window: the first (row-major) equal to y."""
+    hit = blocks == y[:, :, None, :, None, :]
+    h00, h01 = hit[:, :, 0, :, 0], hit[:, :, 0, :, 1]
+    h10, h11 = hit[:, :, 1, :, 0], hit[:, :, 1, :, 1]
+    f01 = h01 & ~h00
+    seen = h00 | h01
+    f10 = h10 & ~seen
+    f11 = h11 & ~(seen | h10)
+    return jnp.stack([jnp.stack([h00, f01], 3), jnp.stack([f10, f11], 3)], 2)
+
+
 def _max_pool_bwd(res, ct):
     x, y = res
     blocks = _pool_blocks(x)
-    hit = blocks == y[:, :, None, :, None, :]
-    g = jnp.where(hit, ct[:, :, None, :, None, :], 0).reshape(
+    first = _first_max_mask(blocks, y)
+    g = jnp.where(first, ct[:, :, None, :, None, :], 0).reshape(
         x.shape[0], blocks.shape[1] * 2, blocks.shape[3] * 2, x.shape[3])
     return (g[:, :x.shape[1], :x.shape[2]],)
 

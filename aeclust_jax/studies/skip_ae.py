@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import pathlib
 import time
 from typing import Any, Sequence
@@ -31,6 +32,7 @@ MODELS = ("cae", "cae_skip", "dae", "dae_skip")
 DATASETS = ("mnist", "fashion_mnist", "hanja", "hanja_synth")
 LATENT_SKIP_MODES = ("random", "trained")
 UPSAMPLE_METHODS = ("subpixel", "repeat", "broadcast", "resize")
+TSNE_BACKENDS = ("auto", "opentsne", "tsnecuda", "jax")
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -62,13 +64,15 @@ class S1Config:
     keep_checkpoints: int = 3
     dataset_options: dict = dataclasses.field(default_factory=dict)   # load(name, **options)
     progress: bool = True
+    scan_epoch: bool = False             # an epoch as one lax.scan (same numbers; fast on a GPU)
 
     def validate(self) -> "S1Config":
         for name, value, choices in (("model", self.model, MODELS), ("dataset", self.dataset, DATASETS),
                                      ("optimizer", self.optimizer, train.OPTIMIZERS),
                                      ("latent_skip", self.latent_skip, LATENT_SKIP_MODES),
                                      ("last_batch", self.last_batch, ("pad", "drop")),
-                                     ("upsample", self.upsample, UPSAMPLE_METHODS)):
+                                     ("upsample", self.upsample, UPSAMPLE_METHODS),
+                                     ("tsne_backend", self.tsne_backend, TSNE_BACKENDS)):
             if value not in choices:
                 raise ValueError(f"unknown {name} {value!r}; choices: {', '.join(choices)}")
         for name in ("epochs", "batch_size", "n_cluster", "kmeans_n_init", "eval_batch",
@@ -244,7 +248,8 @@ def run(cfg: S1Config, out: str | pathlib.Path, *, resume: bool = False) -> dict
                            epochs=cfg.epochs, key=k_fit, mesh=mesh, last_batch=cfg.last_batch,
                            eval_fn=eval_fn, eval_every=cfg.eval_every or cfg.epochs,
                            checkpointer=ckpt, resume=resume, history_path=out / "history.jsonl",
-                           progress=cfg.progress, desc=f"{cfg.dataset}/{cfg.model}/s{cfg.seed}")
+                           progress=cfg.progress, desc=f"{cfg.dataset}/{cfg.model}/s{cfg.seed}",
+                           scan_epoch=cfg.scan_epoch)
     finally:
         ckpt.close()
     params = result.state.params
@@ -328,6 +333,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--last-batch", help="pad | drop")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the dataset builder, e.g. train_per_class=100 (repeatable)")
+    p.add_argument("--scan-epoch", action="store_true", default=None,
+                   help="run each epoch as one lax.scan (same numbers; much faster on a GPU)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", help="run folder (default runs/<dataset>-<model>-<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -356,7 +363,7 @@ def config_from_args(args) -> S1Config:
             "latent_skip": args.latent_skip, "seed": args.seed, "train_limit": args.train_limit,
             "test_limit": args.test_limit, "n_cluster": args.n_cluster, "eval_every": args.eval_every,
             "checkpoint_every": args.checkpoint_every, "upsample": args.upsample,
-            "last_batch": args.last_batch,
+            "last_batch": args.last_batch, "scan_epoch": args.scan_epoch,
             "dataset_options": _parse_kv(args.dataset_option) or None,
             "progress": False if args.no_progress else None}
     saved = pathlib.Path(args.out or "") / "config.yaml"
@@ -409,6 +416,11 @@ def _reproduce_parser() -> argparse.ArgumentParser:
                    help="a dataset builder option, e.g. hanja_synth:train_per_class=500")
     p.add_argument("--runs", help="folder of the individual runs (default runs/s1)")
     p.add_argument("--out", default="results/s1")
+    p.add_argument("--scan-epoch", action="store_true",
+                   help="run each epoch as one lax.scan (same numbers; much faster on a GPU)")
+    p.add_argument("--tsne-backend", help="auto (default) | opentsne | tsnecuda | jax")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs trained at once, each in its own process (e.g. several per GPU)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--summary-only", action="store_true",
                    help="train nothing: table + figures from the runs already complete")
@@ -435,6 +447,8 @@ def reproduce_main(argv: Sequence[str]) -> int:
             raise ValueError(f"unknown model {m!r}; choices: {', '.join(MODELS)}")
     if a.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {a.seeds}")
+    if a.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {a.workers}")
     ds_opts = _dataset_options(a.dataset_option)
     runs_dir = pathlib.Path(a.runs or "runs/s1")
     out = pathlib.Path(a.out)
@@ -452,24 +466,53 @@ def reproduce_main(argv: Sequence[str]) -> int:
                             "optimizer": a.optimizer, "lr": a.lr,
                             "test_limit": a.test_limit, "n_cluster": a.n_cluster, "latent_skip": ls,
                             "dataset_options": ds_opts.get(ds) or None,
-                            "progress": False if a.no_progress else None}
+                            "scan_epoch": True if a.scan_epoch else None,
+                            "tsne_backend": a.tsne_backend,
+                            "progress": False if a.no_progress or a.workers > 1 else None}
                     cfg = load_config(S1Config, path if path.is_file() else None, over)
                     every = a.eval_every if a.eval_every is not None else max(1, cfg.epochs // 5)
                     if model == "cae" and seed == 0 and every:
                         cfg = dataclasses.replace(cfg, eval_every=every)
                     jobs.append((cfg.validate(), runs_dir / f"{ds}-{model}{suffix}-{seed}", model + suffix))
     print(f"S1: {len(jobs)} runs into {runs_dir}")
+    todo = []
     for i, (cfg, run_dir, _) in enumerate(jobs):
         if a.summary_only:
             break
         if runs.is_complete(run_dir):
             print(f"[{i + 1}/{len(jobs)}] {run_dir}: complete, skipped")
             continue
-        print(f"[{i + 1}/{len(jobs)}] {run_dir}")
-        run(cfg, run_dir, resume=run_dir.is_dir() and any(run_dir.iterdir()))
+        todo.append((i, cfg, run_dir))
+    if a.workers == 1:
+        for i, cfg, run_dir in todo:
+            print(f"[{i + 1}/{len(jobs)}] {run_dir}")
+            _run_job(cfg, run_dir)
+    elif todo:
+        _run_parallel(todo, len(jobs), a.workers)
     summary = summarize(jobs, out)
     print((out / "results.md").read_text())
     return 0 if summary else 1
+
+
+def _run_job(cfg: S1Config, run_dir: pathlib.Path) -> str:
+    """One reproduction run (resumed when its folder holds an unfinished one)."""
+    run(cfg, run_dir, resume=run_dir.is_dir() and any(run_dir.iterdir()))
+    return str(run_dir)
+
+
+def _run_parallel(todo, total: int, workers: int) -> None:
+    """Runs ``todo`` [(index, cfg, run_dir)] in ``workers`` spawned processes. On a GPU each
+    process allocates memory as it goes (XLA_PYTHON_CLIENT_PREALLOCATE=false) so they share it."""
+    import concurrent.futures
+    import multiprocessing
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = {pool.submit(_run_job, cfg, run_dir): (i, run_dir) for i, cfg, run_dir in todo}
+        for f in concurrent.futures.as_completed(futures):
+            i, run_dir = futures[f]
+            f.result()       # a failed run re-raises here, with its traceback
+            print(f"[{i + 1}/{total}] {run_dir}: done", flush=True)
 
 
 def summarize(jobs, out: pathlib.Path) -> dict:
