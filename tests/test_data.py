@@ -316,7 +316,7 @@ def test_unknown_name_split_option(tmp_path, rng):
     with pytest.raises(DatasetError, match="source='mat' size=32"):
         load("coil20", data_dir=tmp_path, source="mat", size=128)
     assert set(DATASETS) == {"mnist", "fashion_mnist", "cifar10", "stl10", "coil20", "hanja",
-                             "hanja_synth"}
+                             "image_folder", "hanja_synth"}
 
 
 def test_missing_files_one_clear_error(tmp_path, monkeypatch):
@@ -494,3 +494,77 @@ def test_build_data_script(tmp_path, rng):
     missing = subprocess.run([sys.executable, script, "fashion_mnist", "--offline"],
                              capture_output=True, text=True, env=env, timeout=300)
     assert missing.returncode == 2 and "train-images-idx3-ubyte.gz" in missing.stderr
+
+
+# ----------------------------------------------------------------------------- image_folder
+
+def _png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _class_images(rng, classes, per_class, shape=(12, 10, 3)):
+    """{'<class>/<i>.png': png bytes} and the arrays, RGB."""
+    files, arrays = {}, {}
+    for c in classes:
+        for i in range(per_class):
+            img = rng.integers(0, 256, shape, dtype=np.uint8)
+            files[f"{c}/{i}.png"], arrays[f"{c}/{i}.png"] = _png(img), img
+    return files, arrays
+
+
+def test_image_folder_zip_with_split_folders_keeps_rgb_and_natural_order(tmp_path, rng):
+    classes = ["10", "2", "1"]                    # natural order: 1, 2, 10
+    train, arrays = _class_images(rng, classes, 3)
+    test, _ = _class_images(rng, classes, 2)
+    with zipfile.ZipFile(tmp_path / "imgs.zip", "w") as z:
+        for name, data in train.items():
+            z.writestr(f"top/train/{name}", data)
+        for name, data in test.items():
+            z.writestr(f"top/test/{name}", data)
+        z.writestr("top/README.txt", "not an image")
+    ds = load("image_folder", "train", data_dir=tmp_path / "d", path=tmp_path / "imgs.zip")
+    assert ds.class_names == ("1", "2", "10") and ds.images.shape == (9, 12, 10, 3)
+    assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    np.testing.assert_array_equal(ds.images[3], arrays["2/0.png"])      # lossless, upright, RGB
+    assert len(load("image_folder", "test", data_dir=tmp_path / "d", path=tmp_path / "imgs.zip")) == 6
+
+
+def test_image_folder_tar_labels_from_file_names_gray_resized(tmp_path, rng):
+    members = {f"glyphs/{i:03d}_{lab}.png": _png(rng.integers(0, 256, (30, 20), dtype=np.uint8))
+               for i, lab in enumerate(["a", "b", "c"] * 5)}
+    _tar_gz(tmp_path / "g.tar.gz", members)
+    kw = dict(data_dir=tmp_path / "d", path=tmp_path / "g.tar.gz", channels=1, size=16,
+              test_fraction=0.4)
+    train, test = load("image_folder", "train", **kw), load("image_folder", "test", **kw)
+    assert train.images.shape == (9, 16, 16, 1) and test.images.shape == (6, 16, 16, 1)
+    assert np.bincount(test.labels).tolist() == [2, 2, 2]                   # stratified
+    again = load("image_folder", "test", **{**kw, "seed": 1})
+    assert not np.array_equal(again.images, test.images)                    # the seed picks it
+
+
+def test_image_folder_folder_of_class_folders_and_bad_input(tmp_path, rng):
+    files, _ = _class_images(rng, ["cat", "dog"], 4)
+    for name, data in files.items():
+        (tmp_path / "f" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "f" / name).write_bytes(data)
+    kw = dict(data_dir=tmp_path / "d", test_fraction=0.25)
+    ds = load("image_folder", "test", path=tmp_path / "f", **kw)
+    assert ds.class_names == ("cat", "dog") and ds.images.shape == (2, 12, 10, 3)
+    with pytest.raises(DatasetError, match="channels must be 1"):
+        load("image_folder", path=tmp_path / "f", channels=2, **kw)
+    with pytest.raises(MissingFilesError, match="pass path="):
+        load("image_folder", **kw)
+    (tmp_path / "x.rar").write_bytes(b"rar")
+    with pytest.raises(DatasetError, match="neither a folder nor an archive"):
+        load("image_folder", path=tmp_path / "x.rar", **kw)
+    (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(DatasetError, match="bad.zip: unreadable archive"):
+        load("image_folder", path=tmp_path / "bad.zip", **kw)
+    (tmp_path / "f" / "dog" / "9.png").write_bytes(_png(np.zeros((5, 5, 3), np.uint8)))
+    with pytest.raises(DatasetError, match=r"mixed sizes: .*dog/9.png is \(5, 5\).*pass size="):
+        load("image_folder", path=tmp_path / "f", **kw)
+    # only the first, valid listing was prepared; the failed one left nothing that looks complete
+    assert len(list((tmp_path / "d").glob("image_folder/*/1.0.0/dataset_info.json"))) == 1
+    assert load("image_folder", path=tmp_path / "f", size=8, **kw).images.shape[1:] == (8, 8, 3)

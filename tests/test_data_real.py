@@ -1,8 +1,11 @@
 """Real-data checks on the canonical files in $AECLUST_MANUAL_DIR (CI points it at shared/data)."""
 
 import numpy as np
+import pytest
 
 from aeclust_jax.data import load
+
+pytestmark = pytest.mark.realdata
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
@@ -62,3 +65,42 @@ def test_coil20_real_upright(real_manual_dir, tmp_path_factory):
     for obj, top_wider in ((11, True), (12, True), (1, False), (4, False)):
         frac = _top_wider_fraction(ds.images[ds.labels == obj - 1])
         assert (frac > 0.9) if top_wider else (frac < 0.1), (obj, frac)
+
+
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck")
+
+
+def test_image_folder_cifar10_jpeg_zip(real_manual_dir, tmp_path_factory):
+    """The JPEG copy of CIFAR-10: cifar10/{train,test}/<class>/<n>.jpg inside the zip."""
+    zip_path = real_manual_dir / "cifar10_jpeg" / "cifar10-jpeg.zip"
+    assert zip_path.is_file(), f"missing {zip_path}"
+    data_dir = tmp_path_factory.mktemp("real")
+    train = load("image_folder", "train", data_dir=data_dir, path=zip_path)
+    test = load("image_folder", "test", data_dir=data_dir, path=zip_path)
+    assert train.images.shape == (50000, 32, 32, 3) and test.images.shape == (10000, 32, 32, 3)
+    assert train.class_names == CIFAR_CLASSES and train.num_classes == 10
+    assert np.bincount(train.labels).tolist() == [5000] * 10
+    assert np.bincount(test.labels).tolist() == [1000] * 10
+    # colour images, not gray copies: the channels differ, and the sky of airplanes is blue
+    rgb = train.images.reshape(-1, 3).astype(np.float64)
+    assert np.abs(rgb[:, 0] - rgb[:, 2]).mean() > 5
+    planes = train.images[train.labels == 0].astype(np.float64)
+    assert planes[..., 2].mean() > planes[..., 0].mean()
+
+
+def test_image_folder_chinese_mnist_zip(real_manual_dir, tmp_path_factory):
+    """Chinese MNIST: 15000 handwritten numerals, label = last '_' token of the file name
+    (1..15, natural order), a seeded stratified split."""
+    zip_path = real_manual_dir / "chinese_mnist" / "chinese_mnist.zip"
+    assert zip_path.is_file(), f"missing {zip_path}"
+    data_dir = tmp_path_factory.mktemp("real")
+    kw = dict(data_dir=data_dir, path=zip_path, channels=1, test_fraction=0.2, seed=0)
+    train, test = load("image_folder", "train", **kw), load("image_folder", "test", **kw)
+    assert train.images.shape == (12000, 64, 64, 1) and test.images.shape == (3000, 64, 64, 1)
+    assert train.class_names == tuple(str(i) for i in range(1, 16))   # "2" before "10"
+    assert np.bincount(train.labels).tolist() == [800] * 15
+    assert np.bincount(test.labels).tolist() == [200] * 15
+    small = load("image_folder", "test", **{**kw, "size": 28})         # resized: its own config
+    assert small.images.shape == (3000, 28, 28, 1)
+    np.testing.assert_array_equal(small.labels, test.labels)

@@ -33,6 +33,7 @@ _BUILDERS = {
     "stl10": "stl10:Stl10",
     "coil20": "coil20:Coil20",
     "hanja": "hanja:Hanja",
+    "image_folder": "image_folder:ImageFolder",
     "hanja_synth": "hanja_synth:HanjaSynth",
 }
 DATASETS: tuple[str, ...] = tuple(_BUILDERS)
