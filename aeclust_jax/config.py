@@ -13,11 +13,24 @@ from typing import Any, Mapping, TypeVar
 
 import yaml
 
+from aeclust_jax.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the config dataclass."""
+class ConfigError(UserError, ValueError):
+    """A config file or override that does not fit the config dataclass, or a bad config value."""
+
+
+def config_dir() -> pathlib.Path:
+    """The folder of the shipped YAML configs (``s1_mnist.yaml``, ...).
+
+    In an installed wheel they are package data (``aeclust_jax/configs/``); in a source checkout
+    they are the repository's top-level ``configs/``.
+    """
+    here = pathlib.Path(__file__).resolve().parent
+    installed = here / "configs"
+    return installed if installed.is_dir() else here.parent / "configs"
 
 
 def read_yaml(path: str | pathlib.Path) -> dict[str, Any]:
@@ -61,8 +74,32 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _checked(cls, values: Mapping[str, Any], source: str) -> dict[str, Any]:
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {source}; valid keys: {sorted(fields)}")
-    return dict(values)
+    return {name: _check_type(name, value, fields[name].type, source) for name, value in values.items()}
+
+
+_SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_type(name: str, value: Any, annotation: Any, source: str) -> Any:
+    """``value``, checked against a scalar field's type (``int``, ``float | None``, ...): a wrong
+    type raises ConfigError; a float written as ``1e-3`` (a string to YAML 1.1) becomes a float.
+    Other annotations (tuples, dicts) are left to the config's own validation."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    parts = [t.strip() for t in text.split("|")]
+    optional = "None" in parts
+    kinds = [t for t in parts if t != "None"]
+    if len(kinds) != 1 or kinds[0] not in _SCALARS or (value is None and optional):
+        return value
+    if kinds[0] == "float" and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = isinstance(value, _SCALARS[kinds[0]]) and not (kinds[0] != "bool" and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{name} in {source} must be {text}, got {value!r}")
+    return value

@@ -13,31 +13,65 @@ from typing import Any
 
 import numpy as np
 
+from aeclust_jax.errors import UserError
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-class RunExistsError(FileExistsError):
+class RunExistsError(UserError, FileExistsError):
     """The output folder already holds a run and --resume was not given."""
 
 
-def prepare_run_dir(out: str | os.PathLike, *, resume: bool = False) -> pathlib.Path:
-    """Creates ``out`` for a new run, or checks it for ``--resume``.
+class RunDirError(UserError, FileNotFoundError):
+    """The output folder cannot be used: missing for --resume, a file, or not creatable."""
 
-    A non-empty ``out`` without ``resume`` raises RunExistsError (nothing is touched);
-    ``resume`` on a folder that does not exist raises FileNotFoundError.
+
+# The "scale" field of every JSON file with NMI, ACC, ARI or accuracy values: they are stored on
+# the 0-1 scale (markdown tables may show 0-100, and then say so in their header row).
+SCALE = "0-1: nmi, acc, ari, accuracy and their variants are fractions (ari in [-1, 1]), not percent"
+
+
+def check_run_dir(out: str | os.PathLike, *, resume: bool = False,
+                  resumable: bool = True) -> pathlib.Path:
+    """Checks that ``out`` can take a new run (or be resumed) without touching anything.
+
+    A non-empty ``out`` without ``resume`` raises RunExistsError; ``resume`` on a folder that does
+    not exist, or an ``out`` that is a file, raises RunDirError (``resumable``: whether the CLI has
+    a --resume to suggest). Call it before loading data, and
+    ``prepare_run_dir`` only once the config and the data are validated.
     """
     out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a folder")
     if resume:
         if not out.is_dir():
-            raise FileNotFoundError(f"--resume given but {out} does not exist; drop --resume to start")
+            raise RunDirError(f"--resume given but {out} does not exist; drop --resume to start")
         return out
     if out.exists() and any(out.iterdir()):
-        raise RunExistsError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+        hint = "pass --resume to continue it or choose another --out" if resumable else "choose another --out"
+        raise RunExistsError(f"{out} already holds a run; {hint}")
     return out
+
+
+def prepare_run_dir(out: str | os.PathLike, *, resume: bool = False,
+                    resumable: bool = True) -> pathlib.Path:
+    """``check_run_dir``, then creates ``out`` (and its parents) for a new run."""
+    out = check_run_dir(out, resume=resume, resumable=resumable)
+    if not resume:
+        make_dir(out)
+    return out
+
+
+def make_dir(path: str | os.PathLike) -> pathlib.Path:
+    """``mkdir -p path``; an OS refusal (permissions, a file in the way) raises RunDirError."""
+    path = pathlib.Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create folder {path}: {e.strerror or e}") from e
+    return path
 
 
 def is_complete(out: str | os.PathLike) -> bool:

@@ -1,15 +1,34 @@
-"""Shared helpers for the benchmarks: warm timings, compile time apart, machine info, JSON last line."""
+"""Shared helpers for the benchmarks: peers checked, warm timings, compile time apart, machine info,
+JSON last line."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
+import sys
 import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
+
+
+BENCH_EXTRA = "pip install -e '.[bench]'"
+
+
+def require_peers(*modules: str) -> None:
+    """Imports the peer packages a benchmark compares against; when one is missing, prints one
+    line naming the extra that installs it and exits with status 2 (before any work is done)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "benchmark"
+            print(f"error: {script}: its peer {name!r} is not installed ({e.name}); install the "
+                  f"benchmark extra: {BENCH_EXTRA}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 def block(x: Any) -> Any:

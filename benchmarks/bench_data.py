@@ -42,7 +42,8 @@ def read_raw_idx(folder: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
 def main() -> None:
     from aeclust_jax.data import _decode_from_shards, load, prepare
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--manual-dir", type=pathlib.Path,
                         default=pathlib.Path(os.environ.get("AECLUST_MANUAL_DIR", ".")) / "mnist")
     parser.add_argument("--repeats", type=int, default=5)

@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aeclust_jax.cluster.reference import post_proC, thrC
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import require_peers  # noqa: E402
+
+from aeclust_jax.cluster.reference import post_proC, thrC  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- the peer
@@ -74,14 +79,15 @@ def peer_finetune(model, x_nchw, iters: int, lambda1: float, lambda2: float, lr:
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--channels", type=int, default=15, help="latent channels c (16x16xc)")
     p.add_argument("--pretrain-epochs", type=int, default=20)
     p.add_argument("--finetune-iters", type=int, default=40)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-
+    require_peers("torch", "sklearn", "scipy")
     import torch
 
     from aeclust_jax.cluster import dsc_affinity, spectral

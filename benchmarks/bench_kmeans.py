@@ -2,7 +2,7 @@
 """K-means benchmark: aeclust_jax.cluster.kmeans vs scikit-learn KMeans(algorithm="lloyd") and
 faiss-cpu Kmeans, same data, same process, k=10, n_init=10, max_iter=300, tol=1e-4.
 
-    python benchmarks/bench_kmeans.py [--case small|mnist|both] [--repeat 3]
+    python benchmarks/bench_kmeans.py [--case small|mnist|both] [--repeat 3] [--no-faiss]
 
 Cases: "small" = 10000 x 30 (S1-latent sized: 10 Gaussian blobs, overlapping); "mnist" = 70000 x
 784 MNIST pixels (train + test from $AECLUST_MANUAL_DIR, else uniform random of that shape).
@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import best_of, emit, first_call, machine, mnist_pixels  # noqa: E402
+from _common import best_of, emit, first_call, machine, mnist_pixels, require_peers  # noqa: E402
 
 from aeclust_jax.cluster import _kmeans as K  # noqa: E402
 from aeclust_jax.cluster import kmeans  # noqa: E402
@@ -53,9 +53,9 @@ def ours_vmap(x, key):
     return lambda: run(keys)
 
 
-def bench(case: str, repeat: int) -> dict:
+def bench(case: str, repeat: int, faiss_peer: bool = True) -> dict:
     x, desc = data(case)
-    key = jax.random.PRNGKey(0)
+    key = jax.random.key(0)
     out = {"data": desc}
 
     ours = lambda: kmeans(x, K_CLUSTERS, key=key, n_init=N_INIT, max_iter=MAX_ITER, tol=TOL)  # noqa: E731
@@ -79,7 +79,8 @@ def bench(case: str, repeat: int) -> dict:
     with threadpool_limits(1):
         out["sklearn_1thread_s"], _ = best_of(sk, repeat)
 
-    try:
+    out["faiss_s"] = None
+    if faiss_peer:
         import faiss
 
         def fa():
@@ -89,8 +90,6 @@ def bench(case: str, repeat: int) -> dict:
             d, _ = km.index.search(x, 1)
             return float(d.sum())
         out["faiss_s"], out["faiss_inertia"] = best_of(fa, repeat)
-    except ImportError:
-        out["faiss_s"] = None
 
     out["speedup_vs_sklearn"] = out["sklearn_s"] / out["ours_s"]
     out["speedup_vs_sklearn_1thread"] = out["sklearn_1thread_s"] / out["ours_s"]
@@ -102,15 +101,18 @@ def bench(case: str, repeat: int) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description=__doc__.splitlines()[0])
     p.add_argument("--case", choices=("small", "mnist", "both"), default="both")
     p.add_argument("--repeat", type=int, default=3, help="warm runs, best taken (mnist uses 1)")
+    p.add_argument("--no-faiss", action="store_true", help="skip the faiss-cpu peer")
     a = p.parse_args(argv)
+    require_peers("sklearn", "threadpoolctl", *(() if a.no_faiss else ("faiss",)))
     cases = ["small", "mnist"] if a.case == "both" else [a.case]
     res = {"benchmark": "kmeans", "k": K_CLUSTERS, "n_init": N_INIT, "max_iter": MAX_ITER,
            "tol": TOL, "machine": machine()}
     for c in cases:
-        res[c] = bench(c, a.repeat if c == "small" else 1)
+        res[c] = bench(c, a.repeat if c == "small" else 1, faiss_peer=not a.no_faiss)
         print(c, res[c], flush=True)
     res["speedup"] = min(res[c]["speedup_vs_sklearn"] for c in cases)
     res["speedup_vs_sklearn_1thread"] = min(res[c]["speedup_vs_sklearn_1thread"] for c in cases)

@@ -17,16 +17,18 @@ import sys
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import best_of, emit, first_call, machine  # noqa: E402
+from _common import best_of, emit, first_call, machine, require_peers  # noqa: E402
 
 from aeclust_jax.cluster import knn_classify  # noqa: E402
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--k", type=int, default=5)
     a = ap.parse_args(argv)
+    require_peers("sklearn")
     from sklearn.datasets import make_blobs
     from sklearn.neighbors import KNeighborsClassifier
 

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import best_of, emit, first_call, machine  # noqa: E402
+from _common import best_of, emit, first_call, machine, require_peers  # noqa: E402
 
 from aeclust_jax import metrics  # noqa: E402
 
@@ -52,11 +52,13 @@ def np_bcubed_f(t, p):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=5)
     a = ap.parse_args(argv)
+    require_peers("sklearn", "scipy")
     from sklearn import metrics as skm
 
     rng = np.random.default_rng(0)

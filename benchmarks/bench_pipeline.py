@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import require_peers  # noqa: E402
 from bench_train_step import make_torch, mnist_images, torch_model  # noqa: E402
 
 from aeclust_jax import train  # noqa: E402
@@ -39,14 +40,16 @@ def clock(fn, *args):
     return out, time.perf_counter() - t
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None):
+    p = argparse.ArgumentParser(allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description=__doc__.splitlines()[0])
     p.add_argument("--model", default="cae_skip")
     p.add_argument("--train-limit", type=int, default=60000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--n-cluster", type=int, default=3000)
     p.add_argument("--skip-torch-epoch", action="store_true", help="peer epoch is slow: skip it")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    require_peers("torch", "sklearn", "scipy")
     images = mnist_images(a.train_limit)
     from aeclust_jax.data import load
     try:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import best_of, emit, first_call, machine  # noqa: E402
+from _common import best_of, emit, first_call, machine, require_peers  # noqa: E402
 
 from aeclust_jax import metrics  # noqa: E402
 from aeclust_jax.cluster import dsc_affinity, spectral  # noqa: E402
@@ -63,15 +63,17 @@ def randomized_post_pro(c, key):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args(argv)
+    require_peers("sklearn", "scipy")
     from sklearn.cluster import SpectralClustering
 
     c, y = data()
     res = {"benchmark": "spectral", "n": len(y), "k": K, "machine": machine()}
     L = np.asarray(dsc_affinity(c, K, d=D, alpha=ALPHA, ro=RO))
-    key = jax.random.PRNGKey(0)
+    key = jax.random.key(0)
 
     ours = lambda: spectral(L, K, key=key)  # noqa: E731
     res["ours_first_call_s"], _ = first_call(ours)

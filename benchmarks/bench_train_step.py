@@ -18,16 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aeclust_jax import train
-from aeclust_jax.studies import skip_ae as s1
-from aeclust_jax.train.steps import make_epoch_fn
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import require_peers  # noqa: E402
+
+from aeclust_jax import train  # noqa: E402
+from aeclust_jax.studies import skip_ae as s1  # noqa: E402
+from aeclust_jax.train.steps import make_epoch_fn  # noqa: E402
 
 
 def mnist_images(n: int) -> np.ndarray:
@@ -187,8 +192,9 @@ def timed(run, n_steps, batch) -> float:
     return done * batch / (time.perf_counter() - t)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None):
+    p = argparse.ArgumentParser(allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--rounds", type=int, default=7)
@@ -197,11 +203,9 @@ def main():
     p.add_argument("--fuse", nargs="+", type=int, default=[1, 4])
     p.add_argument("--torch-device", default="auto",
                    help="cpu | cuda | auto (cuda when JAX runs on a GPU and torch sees one)")
-    a = p.parse_args()
-    try:
-        import torch
-    except ModuleNotFoundError:
-        raise SystemExit("error: the PyTorch peer is not installed: pip install -e '.[bench]'")
+    a = p.parse_args(argv)
+    require_peers("torch")
+    import torch
     tdev = a.torch_device
     if tdev == "auto":
         tdev = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"

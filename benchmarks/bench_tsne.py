@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import best_of, emit, first_call, machine, mnist_pixels  # noqa: E402
+from _common import best_of, emit, first_call, machine, mnist_pixels, require_peers  # noqa: E402
 
 from aeclust_jax.cluster import kl_divergence, tsne  # noqa: E402
 from aeclust_jax.cluster._tsne import available_backends, pick_backend  # noqa: E402
@@ -41,9 +41,11 @@ def data(n):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=3000)
     a = ap.parse_args(argv)
+    require_peers("openTSNE", "sklearn")
     import openTSNE
     from sklearn.manifold import TSNE
 

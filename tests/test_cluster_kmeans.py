@@ -23,7 +23,7 @@ def sk_inertias(x, k, n_init):
 
 
 def check_quality(x, k, n_init=10):
-    r = kmeans(x, k, key=jax.random.PRNGKey(0), n_init=n_init)
+    r = kmeans(x, k, key=jax.random.key(0), n_init=n_init)
     best, single = sk_inertias(np.asarray(x, np.float64), k, n_init)
     assert float(r.inertia) <= best * 1.005, (float(r.inertia), best)
     assert float(r.inertia) <= single * 1.005, (float(r.inertia), single)
@@ -53,7 +53,7 @@ def test_mnist_pixels_match_sklearn(real_manual_dir):
 def test_float64():
     x = np.random.default_rng(1).normal(size=(800, 5))
     with jax.enable_x64(True):
-        r = kmeans(x, 4, key=jax.random.PRNGKey(0), n_init=5)
+        r = kmeans(x, 4, key=jax.random.key(0), n_init=5)
         assert r.centers.dtype == jnp.float64
         best, _ = sk_inertias(x, 4, 5)
         assert float(r.inertia) <= best * 1.005
@@ -61,8 +61,8 @@ def test_float64():
 
 def test_deterministic_and_wrapper():
     x = np.random.default_rng(2).normal(size=(500, 3)).astype(np.float32)
-    a = kmeans(x, 5, key=jax.random.PRNGKey(3), n_init=3)
-    b = kmeans(x, 5, key=jax.random.PRNGKey(3), n_init=3)
+    a = kmeans(x, 5, key=jax.random.key(3), n_init=3)
+    b = kmeans(x, 5, key=jax.random.key(3), n_init=3)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.centers, b.centers)
     km = KMeans(5, n_init=3, seed=0).fit(x)
@@ -73,18 +73,18 @@ def test_deterministic_and_wrapper():
 
 def test_more_clusters_than_distinct_points():
     x = np.repeat(np.eye(3, dtype=np.float32), 5, axis=0)  # 3 distinct points, duplicated
-    r = kmeans(x, 5, key=jax.random.PRNGKey(0), n_init=2)
+    r = kmeans(x, 5, key=jax.random.key(0), n_init=2)
     assert float(r.inertia) == 0.0
     assert np.all(np.isfinite(r.centers))
     assert len(np.unique(np.asarray(r.labels))) == 3
 
 
 def test_single_point_and_explicit_init():
-    r = kmeans(np.array([[1.0, 2.0]], np.float32), 1, key=jax.random.PRNGKey(0))
+    r = kmeans(np.array([[1.0, 2.0]], np.float32), 1, key=jax.random.key(0))
     np.testing.assert_allclose(r.centers, [[1.0, 2.0]])
     assert int(r.labels[0]) == 0 and float(r.inertia) == 0.0
     x = np.array([[0.0], [0.1], [5.0], [5.1]], np.float32)
-    r = kmeans(x, 2, key=jax.random.PRNGKey(0), init=np.array([[0.0], [5.0]], np.float32))
+    r = kmeans(x, 2, key=jax.random.key(0), init=np.array([[0.0], [5.0]], np.float32))
     np.testing.assert_allclose(np.sort(np.asarray(r.centers[:, 0])), [0.05, 5.05], atol=1e-6)
 
 
@@ -100,7 +100,7 @@ def test_chunked_distances_agree():
 
 def test_jit_and_vmap():
     x = np.random.default_rng(5).normal(size=(2, 300, 3)).astype(np.float32)
-    key = jax.random.PRNGKey(0)
+    key = jax.random.key(0)
     eager = [float(kmeans(xi, 3, key=key, n_init=2).inertia) for xi in x]
     jitted = jax.jit(lambda a: kmeans(a, 3, key=key, n_init=2).inertia)(x[0])
     vmapped = jax.vmap(lambda a: kmeans(a, 3, key=key, n_init=2).inertia)(x)
@@ -117,8 +117,8 @@ def test_two_device_sharded_input():
         assert len(jax.devices()) == 2
         x = np.random.default_rng(0).normal(size=(1000, 4)).astype(np.float32)
         xs = jax.device_put(x, NamedSharding(Mesh(np.array(jax.devices()), ("b",)), P("b")))
-        a = kmeans(x, 4, key=jax.random.PRNGKey(0), n_init=3)
-        b = kmeans(xs, 4, key=jax.random.PRNGKey(0), n_init=3)
+        a = kmeans(x, 4, key=jax.random.key(0), n_init=3)
+        b = kmeans(xs, 4, key=jax.random.key(0), n_init=3)
         assert abs(float(a.inertia) - float(b.inertia)) <= 1e-4 * float(a.inertia)
         assert (np.asarray(a.labels) == np.asarray(b.labels)).mean() > 0.99
         print("ok")
@@ -137,4 +137,4 @@ def test_two_device_sharded_input():
 def test_bad_input(kwargs, match):
     x, k = kwargs.pop("x"), kwargs.pop("k")
     with pytest.raises(ValueError, match=match):
-        kmeans(x, k, key=jax.random.PRNGKey(0), **kwargs)
+        kmeans(x, k, key=jax.random.key(0), **kwargs)

@@ -166,7 +166,7 @@ def kmeans(x, k: int, *, key, n_init: int = 10, max_iter: int = 300, tol: float 
     x = jnp.asarray(x)
     _validate(x, k, n_init, max_iter, tol, init)
     if isinstance(key, (int, np.integer)):
-        key = jax.random.PRNGKey(int(key))
+        key = jax.random.key(int(key))
     mean = jnp.mean(x, axis=0)
     xc = x - mean
     x_sq = jnp.sum(xc * xc, axis=1)
@@ -199,7 +199,7 @@ class KMeans:
         self.max_iter, self.tol, self.seed = max_iter, tol, seed
 
     def fit(self, x, y=None) -> "KMeans":
-        r = kmeans(x, self.n_clusters, key=jax.random.PRNGKey(self.seed), n_init=self.n_init,
+        r = kmeans(x, self.n_clusters, key=jax.random.key(self.seed), n_init=self.n_init,
                    max_iter=self.max_iter, tol=self.tol, init=self.init)
         self.labels_, self.cluster_centers_ = r.labels, r.centers
         self.inertia_, self.n_iter_ = float(r.inertia), int(r.n_iter)

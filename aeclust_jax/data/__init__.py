@@ -11,6 +11,7 @@ See docs/data.md for each dataset's files and options.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
@@ -24,6 +25,7 @@ import numpy as np
 
 from aeclust_jax.data._base import (ChecksumError, DatasetError, MissingFilesError,
                                     default_data_dir)
+from aeclust_jax.errors import UserError
 
 # name -> "module:Class" under aeclust_jax.data (imported on first use).
 _BUILDERS = {
@@ -45,7 +47,7 @@ __all__ = ["DATASETS", "Dataset", "load", "builder", "prepare", "DatasetError",
            "MissingFilesError", "ChecksumError", "UnknownDatasetError"]
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(UserError, ValueError):
     """A dataset name, split or builder option that does not exist."""
 
 
@@ -93,13 +95,20 @@ def builder(name: str, *, data_dir=None, manual_dir=None, **options):
     return cls(data_dir=data_dir or default_data_dir(), manual_dir=manual_dir, **options)
 
 
-def prepare(name: str, *, data_dir=None, manual_dir=None, **options):
-    """Prepares ``name`` (no-op when already prepared) and returns its builder."""
+def prepare(name: str, *, data_dir=None, manual_dir=None, progress: bool = False, **options):
+    """Prepares ``name`` (no-op when already prepared) and returns its builder.
+
+    ``progress``: show one line saying what is prepared where, and the progress bars of tfds and
+    of downloads; off by default (tfds' own messages, such as its "Downloading and preparing
+    dataset Unknown size" while reading local files, are never printed).
+    """
     b = builder(name, data_dir=data_dir, manual_dir=manual_dir, **options)
     if _is_prepared(b):
         return b
+    b.show_progress = progress
     try:
-        b.download_and_prepare()
+        with _tfds_progress_bars(progress):
+            b.download_and_prepare()
     except OSError:
         # Another process may have prepared the same dataset meanwhile (tfds' final rename of
         # its incomplete.* folder then fails): use theirs.
@@ -109,18 +118,33 @@ def prepare(name: str, *, data_dir=None, manual_dir=None, **options):
     return b
 
 
+@contextlib.contextmanager
+def _tfds_progress_bars(enabled: bool):
+    """tfds' tqdm bars on or off inside the block (a global of tfds; restored after)."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    before = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(enabled)
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(before)
+
+
 def _is_prepared(b) -> bool:
     return (pathlib.Path(b.data_path) / "dataset_info.json").is_file() and b.is_prepared()
 
 
 def load(name: str, split: str = "train", *, data_dir=None, manual_dir=None,
-         **builder_options) -> Dataset:
+         progress: bool = False, **builder_options) -> Dataset:
     """One split of dataset ``name`` as uint8 images (N, H, W, C) and int32 labels (N,).
 
-    Prepares the dataset on first use; ``builder_options`` are the dataset's own options
-    (see docs/data.md), e.g. ``load("coil20", source="proc", size=128)``.
+    Prepares the dataset on first use (quietly unless ``progress``, see ``prepare``);
+    ``builder_options`` are the dataset's own options (see docs/data.md), e.g.
+    ``load("coil20", source="proc", size=128)``.
     """
-    b = prepare(name, data_dir=data_dir, manual_dir=manual_dir, **builder_options)
+    b = prepare(name, data_dir=data_dir, manual_dir=manual_dir, progress=progress, **builder_options)
     splits = list(b.info.splits)
     if split not in splits:
         raise UnknownDatasetError(f"{name}: unknown split {split!r}; choices: {', '.join(splits)}")

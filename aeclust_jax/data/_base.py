@@ -21,16 +21,18 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
+from aeclust_jax.errors import UserError
+
 MANUAL_DIR_ENV = "AECLUST_MANUAL_DIR"
 DATA_DIR_ENV = "AECLUST_DATA_DIR"
 DOWNLOAD_TIMEOUT_S = 30.0
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset's raw files are unusable (corrupt, wrong format, bad options)."""
 
 
-class MissingFilesError(FileNotFoundError):
+class MissingFilesError(UserError, FileNotFoundError):
     """A dataset's raw files are neither in a manual dir nor downloadable."""
 
 
@@ -88,14 +90,14 @@ def verify_md5(path: pathlib.Path, spec: RawFile) -> None:
             "replace the file, or pass verify_checksums=False to accept a non-canonical copy")
 
 
-def _download(url: str, dest: pathlib.Path) -> None:
+def _download(url: str, dest: pathlib.Path, *, progress: bool = False) -> None:
     """Fetches ``url`` to ``dest`` through a temp file (no half-written ``dest``)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r, open(tmp, "wb") as f, \
                 tqdm(total=int(r.headers.get("Content-Length") or 0) or None, unit="B",
-                     unit_scale=True, desc=f"downloading {dest.name}") as bar:
+                     unit_scale=True, desc=f"downloading {dest.name}", disable=not progress) as bar:
             while chunk := r.read(1 << 22):
                 f.write(chunk)
                 bar.update(len(chunk))
@@ -123,6 +125,8 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # Downloads and checksums are done by fetch_raw_files, not by tfds' checksums.tsv machinery
     # (whose lookup of the builder's code path also needs importlib_resources, undeclared by tfds).
     _checksums_path = None
+    # Set by aeclust_jax.data.prepare: print what is prepared, show download bars.
+    show_progress = False
 
     def __init__(self, *, data_dir=None, manual_dir=None, verify_checksums: bool = True,
                  download: bool = True, **kwargs):
@@ -164,6 +168,16 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, split: str, files: dict[str, pathlib.Path]) -> Iterator:
         raise NotImplementedError
 
+    # tfds prints these two unconditionally ("Downloading and preparing dataset Unknown size ..."
+    # even when every file is local); ours say what happens, and only when progress is asked.
+    def _log_download_bytes(self) -> None:
+        if self.show_progress:
+            print(f"{self.name}: preparing it once from its raw files into {self.data_dir}", flush=True)
+
+    def _log_download_done(self) -> None:
+        if self.show_progress:
+            print(f"{self.name}: prepared", flush=True)
+
     # ------------------------------------------------------------ raw-file lookup
     def manual_dirs(self) -> list[pathlib.Path]:
         """Folders searched for the raw files, in order."""
@@ -200,7 +214,7 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             for spec in missing:
                 dest = self.download_dir() / spec.name
                 try:
-                    _download(spec.url, dest)
+                    _download(spec.url, dest, progress=self.show_progress)
                 except (urllib.error.URLError, OSError, ValueError) as e:
                     errors.append(f"{spec.url}: {getattr(e, 'reason', e)}")
                     break

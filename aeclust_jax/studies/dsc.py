@@ -28,8 +28,11 @@ import numpy as np
 import optax
 
 from aeclust_jax import runs
+from aeclust_jax.cli import make_parser, prog_name
 from aeclust_jax.config import ConfigError, load_config, to_dict
+from aeclust_jax.errors import UsageError
 from aeclust_jax.models.dsc import DSCNet, dsc_net
+from aeclust_jax.progress import Stages
 
 # Images x N above this make C (N x N) and its Adam state too large to be sensible on a CPU.
 MAX_SAMPLES = 10_000
@@ -138,7 +141,7 @@ def dsc_loss(x, x_hat, z, z_c, c, lambda1: float, lambda2: float):
 
 
 def pretrain(x: np.ndarray, config: DSCConfig, key: jax.Array, *, checkpoint_dir=None,
-             progress: bool = True) -> tuple[dict, float]:
+             progress: bool = False) -> tuple[dict, float]:
     """Pretrains the plain AE on x (N, H, W, C) float; returns (params, seconds of training).
 
     With ``checkpoint_dir`` the trained AE is saved there (orbax, via ``train.fit``) and a later
@@ -216,7 +219,7 @@ def make_finetune_step(model: DSCNet, config: DSCConfig):
 
 
 def finetune(x: np.ndarray, ae_params: dict, config: DSCConfig, key: jax.Array, *,
-             progress: bool = True) -> tuple[dict, list[dict]]:
+             progress: bool = False) -> tuple[dict, list[dict]]:
     """Full-batch DSC fine-tune on x (N, H, W, C) float from pretrained ``ae_params``.
 
     Returns (params with "C" (N, N), history: one dict of loss terms per iteration).
@@ -267,7 +270,7 @@ class DSCResult:
 
 
 def run(images, n_clusters: int, config: DSCConfig | None = None, *, seed: int = 0,
-        ae_params: dict | None = None, pretrain_dir=None, progress: bool = True) -> DSCResult:
+        ae_params: dict | None = None, pretrain_dir=None, progress: bool = False) -> DSCResult:
     """Pretrain (or take ``ae_params``) -> fine-tune -> cluster, on images (N, H, W, C)."""
     config = config or DSCConfig()
     x = as_float_images(images)
@@ -314,11 +317,11 @@ def select_subset(images: np.ndarray, labels: np.ndarray, classes: int | None,
     if classes is not None:
         present = np.unique(labels)
         if not 2 <= classes <= len(present):
-            raise ValueError(f"--classes must be in [2, {len(present)}], got {classes}")
+            raise UsageError(f"--classes must be in [2, {len(present)}], got {classes}")
         keep &= np.isin(labels, present[:classes])
     if per_class is not None:
         if per_class < 2:
-            raise ValueError(f"--per-class must be >= 2, got {per_class}")
+            raise UsageError(f"--per-class must be >= 2, got {per_class}")
         chosen = np.zeros(len(labels), bool)
         for k in np.unique(labels[keep]):
             idx = np.flatnonzero(keep & (labels == k))
@@ -327,17 +330,35 @@ def select_subset(images: np.ndarray, labels: np.ndarray, classes: int | None,
     return images[keep], labels[keep]
 
 
+def check_inputs(images: np.ndarray, n_clusters: int, config: DSCConfig) -> None:
+    """Raises ConfigError when ``run`` would refuse these images (N, H, W, C) for this config:
+    the CLIs call it before creating a run folder (``run`` checks the same)."""
+    n, h, w = images.shape[:3]
+    if not 2 <= n_clusters <= n:
+        raise ConfigError(f"{n_clusters} clusters for {n} images: need 2 <= clusters <= images")
+    if n > MAX_SAMPLES:
+        raise ConfigError(f"{n} images: the self-expressive C is N x N; use at most {MAX_SAMPLES} "
+                          "(--classes / --per-class)")
+    step = int(np.prod(config.strides))
+    if h % step or w % step:
+        raise ConfigError(f"image size {h}x{w} must be divisible by the product of the strides "
+                          f"{config.strides} = {step}")
+    if config.d * n_clusters + 1 >= n:
+        raise ConfigError(f"d * clusters + 1 = {config.d * n_clusters + 1} must be below the {n} "
+                          "images (lower --d)")
+
+
 def plot_affinity(affinity: np.ndarray, labels: np.ndarray, path, *, title: str | None = None):
     """Heat map of the affinity (N, N) with rows/columns sorted by the true labels (N,)."""
-    from aeclust_jax import viz   # Agg backend set there
+    from aeclust_jax import viz
 
     order = np.argsort(labels, kind="stable")
     a = np.asarray(affinity)[np.ix_(order, order)]
-    fig, ax = viz.plt.subplots(figsize=(5, 5))
+    fig, ax = viz.figure(figsize=(5, 5))
     ax.imshow(a, cmap="viridis", vmax=np.quantile(a, 0.995) or None, interpolation="nearest")
     ax.set_xticks([]), ax.set_yticks([])
     ax.set_title(title or "affinity, sorted by label", fontsize=9)
-    return viz._save(fig, path)
+    return viz.save(fig, path)
 
 
 def evaluate(labels_true: np.ndarray, labels_pred: np.ndarray) -> dict[str, float]:
@@ -350,11 +371,12 @@ def evaluate(labels_true: np.ndarray, labels_pred: np.ndarray) -> dict[str, floa
 
 def train_and_evaluate(images: np.ndarray, labels: np.ndarray, config: DSCConfig, out, *,
                        seed: int = 0, pretrain_dir=None, extra: dict | None = None,
-                       progress: bool = True, figures: bool = True) -> dict:
+                       progress: bool = False, figures: bool = True) -> dict:
     """One DSC run on (images, labels) into the prepared folder ``out``; returns its metrics.
 
     Writes config.json, history.jsonl, labels.npy, figures (affinity.png, reconstructions.png)
-    and, last, metrics.json (acc, nmi, ari, pretrain/finetune/cluster seconds, ...).
+    and, last, metrics.json (acc, nmi, ari on the 0-1 scale, pretrain/finetune/cluster seconds,
+    ...). ``progress``: bars for the training phases and one line per evaluation stage.
     """
     out = pathlib.Path(out)
     n_clusters = len(np.unique(labels))
@@ -362,7 +384,11 @@ def train_and_evaluate(images: np.ndarray, labels: np.ndarray, config: DSCConfig
     t0 = time.perf_counter()
     res = run(images, n_clusters, config, seed=seed, pretrain_dir=pretrain_dir, progress=progress)
     wall = time.perf_counter() - t0
-    scores = evaluate(labels, res.labels)
+    stage = Stages(progress)
+    if progress:
+        print(f"eval: cluster C (affinity + spectral, k={n_clusters}) ... {res.cluster_seconds:.1f} s")
+    with stage("metrics", "ACC / NMI / ARI"):
+        scores = evaluate(labels, res.labels)
     runs.atomic_write_text(out / "history.jsonl",
                            "".join(json.dumps(h) + "\n" for h in res.history))
     np.save(out / "labels.npy", res.labels)
@@ -385,20 +411,23 @@ def train_and_evaluate(images: np.ndarray, labels: np.ndarray, config: DSCConfig
     metrics = {**scores, "pretrain_seconds": res.pretrain_seconds,
                "finetune_seconds": res.finetune_seconds, "cluster_seconds": res.cluster_seconds,
                "wall_seconds": wall, "n_images": len(labels), "n_clusters": n_clusters,
-               "seed": seed, "final_loss": res.history[-1], **(extra or {})}
+               "seed": seed, "final_loss": res.history[-1], **(extra or {}), "scale": runs.SCALE}
     runs.write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="train.py --model dsc",
+def train_parser() -> argparse.ArgumentParser:
+    """The options of ``train.py --model dsc``."""
+    p = make_parser(
+        prog=prog_name("train.py") + " --model dsc",
         description="S4: DSC-Net (+ channel attention) on an image set: pretrain the AE, fine-tune "
-                    "with the self-expressive layer, spectral clustering; writes metrics.json.")
+                    "with the self-expressive\nlayer, spectral clustering; writes metrics.json.\n\n"
+                    "Hyperparameters: --preset, then --config, then the options below (defaults: "
+                    "the coil20 preset's).")
     p.add_argument("--model", default="dsc", choices=["dsc"])
-    p.add_argument("--dataset", default="coil20", help="a dataset of aeclust_jax.data (default coil20)")
+    p.add_argument("--dataset", default="coil20", help="a dataset of aeclust_jax.data")
     p.add_argument("--preset", default="coil20", choices=sorted(PRESETS),
-                   help="named hyperparameters (default coil20: DSC-Net, latent 16x16x15)")
+                   help="named hyperparameters (coil20: DSC-Net, latent 16x16x15)")
     p.add_argument("--config", help="YAML file of DSCConfig fields, applied over the preset")
     p.add_argument("--latent-channels", type=int, help="c of the 16x16xc latent (last encoder layer)")
     p.add_argument("--attention", action=argparse.BooleanOptionalAction, default=None,
@@ -407,14 +436,17 @@ def _train_parser() -> argparse.ArgumentParser:
                       ("pretrain-lr", float), ("finetune-iters", int), ("finetune-lr", float),
                       ("lambda1", float), ("lambda2", float), ("ro", float), ("d", int),
                       ("alpha", float)):
-        p.add_argument(f"--{name}", type=typ, help=f"override DSCConfig.{name.replace('-', '_')}")
-    p.add_argument("--classes", type=int, help="use only the first K classes")
-    p.add_argument("--per-class", type=int, help="use only M evenly spaced images per class")
+        field = name.replace("-", "_")
+        p.add_argument(f"--{name}", type=typ, help=f"DSCConfig.{field} (default: "
+                                                   f"{getattr(PRESETS['coil20'], field)})")
+    p.add_argument("--classes", type=int, help="use only the first K classes (default: all)")
+    p.add_argument("--per-class", type=int, help="use only M evenly spaced images per class (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pretrained", help="folder to keep/reuse the pretrained AE (same config and "
                                         "seed: attention on/off can share it)")
     p.add_argument("--out", help="run folder (default runs/dsc-<dataset>-c<c>[-att]-<seed>)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars or lines (data preparation, training, evaluation stages)")
     return p
 
 
@@ -432,12 +464,14 @@ def config_from_args(args) -> DSCConfig:
 def train_main(argv: Sequence[str]) -> int:
     from aeclust_jax.data import load
 
-    args = _train_parser().parse_args(list(argv))
+    args = train_parser().parse_args(list(argv))
     cfg = config_from_args(args)
-    ds = load(args.dataset)
-    images, labels = select_subset(ds.images, ds.labels, args.classes, args.per_class)
     name = f"dsc-{args.dataset}-c{cfg.channels[-1]}{'-att' if cfg.attention else ''}-{args.seed}"
-    out = runs.prepare_run_dir(args.out or f"runs/{name}")
+    out = runs.check_run_dir(args.out or f"runs/{name}", resumable=False)
+    ds = load(args.dataset, progress=not args.no_progress)   # config, folder, data: checked first
+    images, labels = select_subset(ds.images, ds.labels, args.classes, args.per_class)
+    check_inputs(images, len(np.unique(labels)), cfg)
+    out = runs.prepare_run_dir(out, resumable=False)
     m = train_and_evaluate(images, labels, cfg, out, seed=args.seed, pretrain_dir=args.pretrained,
                            extra={"dataset": args.dataset}, progress=not args.no_progress)
     print(" ".join(f"{k}={m[k]:.4g}" for k in ("acc", "nmi", "ari", "pretrain_seconds",
@@ -470,20 +504,24 @@ ROWS = (
 ROW_BY_NAME = {r.name: r for r in ROWS}
 
 
-def _reproduce_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reproduce.py s4",
-                                description="S4 Table 2 on COIL-20: DSC (c=15) and no-attention / "
-                                            "attention at c = 1, 2, 3, mean +- std over seeds.")
+def reproduce_parser() -> argparse.ArgumentParser:
+    """The options of ``reproduce.py s4``."""
+    p = make_parser(prog=prog_name("reproduce.py") + " s4",
+                    description="S4 Table 2 on COIL-20: DSC (c=15) and no-attention / "
+                                "attention at c = 1, 2, 3, mean +- std over seeds.")
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
-    p.add_argument("--rows", nargs="+", default=[r.name for r in ROWS], choices=list(ROW_BY_NAME))
+    p.add_argument("--rows", nargs="+", default=[r.name for r in ROWS], choices=list(ROW_BY_NAME),
+                   help="rows of Table 2 to run")
     p.add_argument("--config", help="YAML of DSCConfig fields applied to every row")
-    p.add_argument("--pretrain-epochs", type=int)
-    p.add_argument("--finetune-iters", type=int)
-    p.add_argument("--classes", type=int, help="first K classes only (quick checks)")
-    p.add_argument("--per-class", type=int, help="M images per class only (quick checks)")
-    p.add_argument("--runs", default="runs/s4", help="folder of the individual runs (default runs/s4)")
-    p.add_argument("--out", default="results/s4")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--pretrain-epochs", type=int,
+                   help=f"override DSCConfig.pretrain_epochs (default: {PRESETS['coil20'].pretrain_epochs})")
+    p.add_argument("--finetune-iters", type=int,
+                   help=f"override DSCConfig.finetune_iters (default: {PRESETS['coil20'].finetune_iters})")
+    p.add_argument("--classes", type=int, help="first K classes only (quick checks; default: all)")
+    p.add_argument("--per-class", type=int, help="M images per class only (quick checks; default: all)")
+    p.add_argument("--runs", default="runs/s4", help="folder of the individual runs")
+    p.add_argument("--out", default="results/s4", help="folder of the table and figures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
     return p
 
 
@@ -494,7 +532,7 @@ def summarize(rows: Sequence[Row], per_run: dict[str, list[dict]]) -> list[dict]
         ms = per_run.get(r.name, [])
         if not ms:
             continue
-        rec = {"row": r.name, "label": r.label, "latent": f"16x16x{r.channels}",
+        rec = {"row": r.name, "scale": runs.SCALE, "label": r.label, "latent": f"16x16x{r.channels}",
                "attention": r.attention, "paper_acc": r.paper_acc,
                "seeds": [m["seed"] for m in ms]}
         for k in ("acc", "nmi", "ari"):
@@ -507,8 +545,8 @@ def summarize(rows: Sequence[Row], per_run: dict[str, list[dict]]) -> list[dict]
 
 
 def markdown_table(table: Sequence[dict]) -> str:
-    lines = ["| row | latent | attention | ACC (mean ± std) | NMI (mean ± std) | ARI | paper ACC "
-             "| seeds | pretrain s | fine-tune s | cluster s |",
+    lines = ["| row | latent | attention | ACC (0-1, mean ± std) | NMI (0-1, mean ± std) | ARI (0-1) "
+             "| paper ACC (0-1) | seeds | pretrain s | fine-tune s | cluster s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in table:
         lines.append(
@@ -532,24 +570,27 @@ def _write_results(out: pathlib.Path, table: list[dict], settings: dict) -> None
         series = "DSC" if t["row"].startswith("dsc") else (
             "attention" if t["attention"] else "no attention")
         bars.setdefault(group, {})[series] = (t["acc"]["mean"], t["acc"]["std"])
-    viz.grouped_bars(bars, out / "acc.png", ylabel="ACC",
+    viz.grouped_bars(bars, out / "acc.png", ylabel="ACC (0-1)",
                      title="S4 on COIL-20: ACC by latent width and attention")
 
 
 def reproduce_main(argv: Sequence[str]) -> int:
     from aeclust_jax.data import load
 
-    a = _reproduce_parser().parse_args(list(argv))
+    a = reproduce_parser().parse_args(list(argv))
     if a.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {a.seeds}")
+        raise UsageError(f"--seeds must be >= 1, got {a.seeds}")
     rows = [ROW_BY_NAME[n] for n in dict.fromkeys(a.rows)]
     base = load_config(DSCConfig, a.config, {"pretrain_epochs": a.pretrain_epochs,
                                              "finetune_iters": a.finetune_iters},
                        base=preset("coil20"))
-    ds = load("coil20")
+    ds = load("coil20", progress=not a.no_progress)
     images, labels = select_subset(ds.images, ds.labels, a.classes, a.per_class)
+    for r in rows:                  # every row fits the data before anything is written
+        check_inputs(images, len(np.unique(labels)),
+                     dataclasses.replace(base, channels=base.channels[:-1] + (r.channels,)))
     out, work = pathlib.Path(a.out), pathlib.Path(a.runs)
-    out.mkdir(parents=True, exist_ok=True)
+    runs.make_dir(out)
     settings = {"seeds": a.seeds, "n_images": len(labels), **to_dict(base)}
     settings.pop("channels"), settings.pop("attention")
     per_run: dict[str, list[dict]] = {}

@@ -29,12 +29,15 @@ import numpy as np
 import optax
 
 from aeclust_jax import runs, train
-from aeclust_jax.config import ConfigError, load_config, to_dict
-from aeclust_jax.models.mlp import MLPAutoencoder, mlp_autoencoder, mlp_classifier
+from aeclust_jax.cli import make_parser, prog_name
+from aeclust_jax.config import ConfigError, config_dir, load_config, to_dict
+from aeclust_jax.errors import UsageError
+from aeclust_jax.progress import Stages
+from aeclust_jax.models.mlp import ACTIVATIONS, MLPAutoencoder, mlp_autoencoder, mlp_classifier
 
 MODELS = ("mlp", "mlp_ae")
 LABEL_SAMPLING = ("stratified", "random")
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "s3_mnist.yaml"
+DEFAULT_CONFIG = config_dir() / "s3_mnist.yaml"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +89,9 @@ class S3Config:
                                else tuple(int(a) for a in v))
         checks = {
             "model": self.model in MODELS,
+            "optimizer": self.optimizer in train.OPTIMIZERS,
+            "activation": self.activation in ACTIVATIONS,
+            "code_activation": self.code_activation in ACTIVATIONS,
             "labels_fraction": 0.0 < float(self.labels_fraction) <= 1.0,
             "label_sampling": self.label_sampling in LABEL_SAMPLING,
             "encoder_widths": len(self.encoder_widths) >= 1 and min(self.encoder_widths) >= 1,
@@ -104,7 +110,8 @@ class S3Config:
             raise ConfigError(
                 f"invalid S3 config value(s) for {bad}: "
                 + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
-                + f" (model in {MODELS}; label_sampling in {LABEL_SAMPLING}; 0 < labels_fraction <= 1; widths >= 1; lr, pixel_max,"
+                + f" (model in {MODELS}; label_sampling in {LABEL_SAMPLING}; optimizer in {train.OPTIMIZERS};"
+                  f" activations in {tuple(ACTIVATIONS)}; 0 < labels_fraction <= 1; widths >= 1; lr, pixel_max,"
                   " init_std > 0; batch_size, epochs >= 1; ae_epochs >= 0)")
 
 
@@ -163,13 +170,13 @@ def stratified_subset(labels: np.ndarray, fraction: float, *, seed: int,
 
     fraction < 1: the same number of rows from every class, round(fraction * N / num_classes)
     (at least 1), drawn without replacement with ``numpy.random.default_rng(seed)``; MNIST at 0.01
-    gives 60 per class = 600. fraction == 1: every row. A class with too few rows raises ValueError.
+    gives 60 per class = 600. fraction == 1: every row. A class with too few rows raises ConfigError.
     """
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be (N,), got shape {labels.shape}")
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"labels fraction must be in (0, 1], got {fraction}")
+        raise ConfigError(f"labels fraction must be in (0, 1], got {fraction}")
     if fraction == 1.0:
         return np.arange(len(labels))
     k = num_classes if num_classes is not None else int(labels.max()) + 1
@@ -179,8 +186,8 @@ def stratified_subset(labels: np.ndarray, fraction: float, *, seed: int,
     for c in range(k):
         rows = np.flatnonzero(labels == c)
         if len(rows) < per_class:
-            raise ValueError(f"labels fraction {fraction} needs {per_class} rows of class {c}, "
-                             f"which has only {len(rows)}")
+            raise ConfigError(f"labels fraction {fraction} needs {per_class} rows of class {c}, "
+                              f"which has only {len(rows)}")
         picked.append(rng.choice(rows, per_class, replace=False))
     return np.sort(np.concatenate(picked))
 
@@ -193,7 +200,7 @@ def random_subset(n: int, fraction: float, *, seed: int) -> np.ndarray:
     """Sorted indices of round(fraction * n) rows (at least 1) drawn uniformly without replacement
     with ``numpy.random.default_rng(seed)``; fraction 1: every row."""
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"labels fraction must be in (0, 1], got {fraction}")
+        raise ConfigError(f"labels fraction must be in (0, 1], got {fraction}")
     if fraction == 1.0:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, max(1, int(round(fraction * n))), replace=False))
@@ -353,31 +360,42 @@ def encode(model: MLPAutoencoder, params, images: np.ndarray, pixel_max: float) 
 
 
 def autoencoder_metrics(cfg: S3Config, model: MLPAutoencoder, params, test_images: np.ndarray,
-                        test_labels: np.ndarray, num_classes: int, key: jax.Array) -> dict[str, float]:
+                        test_labels: np.ndarray, num_classes: int, key: jax.Array, *,
+                        stage: Stages | None = None) -> dict[str, float]:
     """``psnr`` (dB; reconstructions clipped to the pixel range, on [0, 1] with max 1, mean over
     images), ``ae_mse`` (in [0, pixel_max] units, the seed's "cost") and ``nmi`` of K-means
-    (k = num_classes, k-means++, 10 restarts) on the codes of the test images (N, H, W, C)."""
+    (k = num_classes, k-means++, 10 restarts) on the codes of the test images (N, H, W, C).
+    ``stage`` (a progress.Stages) times each stage and, when enabled, prints a line per stage."""
     from aeclust_jax.cluster import kmeans
     from aeclust_jax.metrics import nmi, psnr
 
-    recon, codes = predict(model, params, test_images, cfg.pixel_max, "recon_codes")
-    x01 = test_images.astype(np.float32) / 255.0
-    r01 = np.clip(recon / cfg.pixel_max, 0.0, 1.0)
-    clusters = kmeans(jnp.asarray(codes, jnp.float32), num_classes, key=key, n_init=10).labels
-    return {"psnr": float(np.mean(np.asarray(psnr(r01, x01, max_val=1.0)))),
-            "ae_mse": float(np.mean((recon - x01 * cfg.pixel_max) ** 2)),
-            "nmi": float(nmi(test_labels, np.asarray(clusters)))}
+    stage = stage or Stages()
+    with stage("encode", f"encode + reconstruct {len(test_images)} test images"):
+        recon, codes = predict(model, params, test_images, cfg.pixel_max, "recon_codes")
+    with stage("kmeans", f"K-means (k={num_classes}, 10 restarts) on the {codes.shape[1]}-d codes"):
+        clusters = np.asarray(kmeans(jnp.asarray(codes, jnp.float32), num_classes, key=key,
+                                     n_init=10).labels)
+    with stage("metrics", "PSNR / NMI"):
+        x01 = test_images.astype(np.float32) / 255.0
+        r01 = np.clip(recon / cfg.pixel_max, 0.0, 1.0)
+        return {"psnr": float(np.mean(np.asarray(psnr(r01, x01, max_val=1.0)))),
+                "ae_mse": float(np.mean((recon - x01 * cfg.pixel_max) ** 2)),
+                "nmi": float(nmi(test_labels, clusters))}
 
 
 def evaluate(cfg: S3Config, model, params, test_images: np.ndarray, test_labels: np.ndarray,
-             num_classes: int, key: jax.Array) -> dict[str, float]:
+             num_classes: int, key: jax.Array, *, stage: Stages | None = None) -> dict[str, float]:
     """Test ``accuracy`` of the classifier; for the AE also ``autoencoder_metrics``."""
     from aeclust_jax.metrics import accuracy
 
-    logits = predict(model, params, test_images, cfg.pixel_max, "logits")
-    out = {"accuracy": float(accuracy(test_labels, np.argmax(logits, -1)))}
+    stage = stage or Stages()
+    with stage("encode", f"classify {len(test_images)} test images"):
+        logits = predict(model, params, test_images, cfg.pixel_max, "logits")
+    with stage("metrics", "test accuracy"):
+        out = {"accuracy": float(accuracy(test_labels, np.argmax(logits, -1)))}
     if isinstance(model, MLPAutoencoder):
-        out.update(autoencoder_metrics(cfg, model, params, test_images, test_labels, num_classes, key))
+        out.update(autoencoder_metrics(cfg, model, params, test_images, test_labels, num_classes, key,
+                                       stage=stage))
     return out
 
 
@@ -428,48 +446,78 @@ def run(cfg: S3Config, train_ds, test_ds, *, pretrained=None, progress: bool = F
     params, history["supervised"] = train_classifier(
         cfg, model, params, x_tr[rows], y_tr[rows], keys["supervised"], encoder_opt_state=carried,
         progress=progress)
-    metrics = evaluate(cfg, model, params, x_te, y_te, k, keys["kmeans"])
+    stage = Stages(progress)
+    metrics = evaluate(cfg, model, params, x_te, y_te, k, keys["kmeans"], stage=stage)
     if ae_params is not None:   # the AE as pretrained (frozen: encoder and decoder unchanged)
+        if not cfg.freeze_encoder:
+            stage.prefix = "eval (pretrained AE)"
         pre = ({n: metrics[n] for n in ("psnr", "ae_mse", "nmi")} if cfg.freeze_encoder else
-               autoencoder_metrics(cfg, model, ae_params, x_te, y_te, k, keys["kmeans"]))
+               autoencoder_metrics(cfg, model, ae_params, x_te, y_te, k, keys["kmeans"], stage=stage))
         metrics.update({f"pretrained_{name}": v for name, v in pre.items()})
     metrics["labels_used"] = int(len(rows))
     return RunResult(cfg, metrics, params, pretrained, history, rows)
 
 
-def load_splits(cfg: S3Config):
+def load_splits(cfg: S3Config, *, progress: bool = False):
     """(train, test) Dataset of ``cfg.dataset`` via ``aeclust_jax.data.load``."""
     from aeclust_jax.data import load
-    return load(cfg.dataset, "train"), load(cfg.dataset, "test")
+    return load(cfg.dataset, "train", progress=progress), load(cfg.dataset, "test", progress=progress)
+
+
+def check_data(cfg: S3Config, train_ds, test_ds) -> None:
+    """Raises ConfigError when ``cfg`` cannot run on these splits: a label budget a class cannot
+    fill, fewer test images than classes for K-means, a batch size that is not a multiple of the
+    devices."""
+    y_tr = limit(train_ds.images, train_ds.labels, cfg.train_limit)[1]
+    n_te = len(limit(test_ds.images, test_ds.labels, cfg.test_limit)[1])
+    k = int(train_ds.num_classes)
+    label_rows(cfg, y_tr, k)
+    if cfg.model == "mlp_ae" and n_te < k:
+        raise ConfigError(f"{n_te} test images: K-means on the codes needs at least {k} (classes)")
+    if cfg.batch_size % jax.device_count():
+        raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the "
+                          f"{jax.device_count()} devices")
 
 
 # ----------------------------------------------------------------------------- CLI: train
 
-def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="train.py", description="S3: train one MLP classifier (mlp) or autoencoder-pretrained "
-        "classifier (mlp_ae) with a fraction of the labels, then evaluate it.")
+_DEFAULTS = S3Config()
+
+
+def _d(name: str) -> str:
+    value = getattr(_DEFAULTS, name)
+    return f"(default: {' '.join(map(str, value)) if isinstance(value, tuple) else value})"
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """The options of ``train.py --model mlp|mlp_ae``."""
+    p = make_parser(
+        prog=prog_name("train.py"), description="S3: train one MLP classifier (mlp) or autoencoder-"
+        "pretrained classifier (mlp_ae) with a fraction of the labels, then evaluate it.\n\n"
+        f"An option left out takes its value from --config (default: {DEFAULT_CONFIG.name}),\n"
+        "else the default shown (S3Config's).")
     p.add_argument("--model", required=True, choices=MODELS)
-    p.add_argument("--dataset", help="dataset name (default mnist)")
-    p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.name} when present)")
-    p.add_argument("--labels-fraction", type=float, help="stratified fraction of the labels (0.01)")
+    p.add_argument("--dataset", help=f"dataset name {_d('dataset')}")
+    p.add_argument("--config", help=f"YAML config of S3Config fields (default: {DEFAULT_CONFIG.name})")
+    p.add_argument("--labels-fraction", type=float, help=f"fraction of the train labels used {_d('labels_fraction')}")
     p.add_argument("--label-sampling", choices=LABEL_SAMPLING,
-                   help="stratified (equal count per class, default) or random")
+                   help=f"stratified (equal count per class) or random {_d('label_sampling')}")
     p.add_argument("--encoder-widths", type=int, nargs="+", metavar="W",
-                   help="encoder dense widths, the last = code (default 10; e.g. 64 10)")
+                   help=f"encoder dense widths, the last = code, e.g. 64 10 {_d('encoder_widths')}")
     p.add_argument("--hidden-widths", type=int, nargs="*", metavar="W",
-                   help="classifier hidden widths (default 10; none = a linear head)")
+                   help=f"classifier hidden widths; none = a linear head {_d('hidden_widths')}")
     p.add_argument("--freeze-encoder", action="store_true", default=None,
                    help="keep the pretrained encoder fixed during supervised training")
-    p.add_argument("--epochs", type=int, help="supervised epochs (10)")
-    p.add_argument("--ae-epochs", type=int, help="autoencoder epochs (10; 0 = random encoder)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--pixel-max", type=float, help="input scale: 255 (raw bytes, the seed) or 1")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--train-limit", type=int, help="use the first N training images")
-    p.add_argument("--test-limit", type=int, help="evaluate on the first N test images")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--epochs", type=int, help=f"supervised epochs {_d('epochs')}")
+    p.add_argument("--ae-epochs", type=int, help=f"autoencoder epochs; 0 = random encoder {_d('ae_epochs')}")
+    p.add_argument("--batch-size", type=int, help=_d("batch_size"))
+    p.add_argument("--lr", type=float, help=_d("lr"))
+    p.add_argument("--pixel-max", type=float, help=f"input scale: 255 (raw bytes, the seed) or 1 {_d('pixel_max')}")
+    p.add_argument("--seed", type=int, help=_d("seed"))
+    p.add_argument("--train-limit", type=int, help="use the first N training images (default: all)")
+    p.add_argument("--test-limit", type=int, help="evaluate on the first N test images (default: all)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars or lines (data preparation, training, evaluation stages)")
     p.add_argument("--out", help="run folder (default runs/<dataset>-<model>-lf<fraction>-<seed>)")
     return p
 
@@ -502,17 +550,17 @@ def write_run(out: pathlib.Path, result: RunResult) -> None:
     lines = [json.dumps({"phase": phase, **rec}) for phase, recs in result.history.items() for rec in recs]
     runs.atomic_write_text(out / "history.jsonl", "".join(l + "\n" for l in lines))
     np.save(out / "labelled_rows.npy", result.labelled_rows)
-    runs.write_json(out / "metrics.json", result.metrics)
+    runs.write_json(out / "metrics.json", {**result.metrics, "scale": runs.SCALE})
 
 
 def train_main(argv: Sequence[str]) -> int:
-    args = _train_parser().parse_args(list(argv))
+    args = train_parser().parse_args(list(argv))
     cfg = config_from_args(args)
     out = pathlib.Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-lf{cfg.labels_fraction:g}-{cfg.seed}")
-    if out.exists() and any(out.iterdir()):
-        raise runs.RunExistsError(f"{out} already holds a run; choose another --out")
-    out = runs.prepare_run_dir(out)
-    train_ds, test_ds = load_splits(cfg)
+    runs.check_run_dir(out, resumable=False)   # config, folder, data: all checked before writing
+    train_ds, test_ds = load_splits(cfg, progress=not args.no_progress)
+    check_data(cfg, train_ds, test_ds)
+    out = runs.prepare_run_dir(out, resumable=False)
     t0 = time.perf_counter()
     result = run(cfg, train_ds, test_ds, progress=not args.no_progress)
     result.metrics["seconds"] = time.perf_counter() - t0
@@ -602,7 +650,7 @@ def run_jobs(jobs: dict[str, S3Config], train_ds, test_ds, runs_dir: pathlib.Pat
                 np.savez(runs_dir / f"{name}.codes.npz",
                          pretrained=encode(model, result.pretrained["params"], x, cfg.pixel_max),
                          final=encode(model, result.params, x, cfg.pixel_max))
-        record = {"name": name, "config": to_dict(cfg), "metrics": result.metrics,
+        record = {"name": name, "scale": runs.SCALE, "config": to_dict(cfg), "metrics": result.metrics,
                   "seconds": time.perf_counter() - t0,
                   "history": result.history}
         runs.write_json(runs_dir / f"{name}.json", record)
@@ -615,7 +663,7 @@ def summarize(jobs: dict[str, S3Config], runs_dir: pathlib.Path, base: S3Config,
     (method, fraction)), each mean +- std over seeds."""
     def collect(cfgs: list[S3Config]) -> dict[str, Any]:
         recs = [runs.read_json(runs_dir / f"{job_name(c)}.json")["metrics"] for c in cfgs]
-        out = {"seeds": [c.seed for c in cfgs], "labels_used": recs[0]["labels_used"]}
+        out = {"scale": runs.SCALE, "seeds": [c.seed for c in cfgs], "labels_used": recs[0]["labels_used"]}
         for key in ("accuracy", "psnr", "nmi", "pretrained_psnr", "pretrained_nmi", "pretrained_ae_mse"):
             if key in recs[0]:
                 vals = [r[key] for r in recs]
@@ -646,8 +694,10 @@ def summarize(jobs: dict[str, S3Config], runs_dir: pathlib.Path, base: S3Config,
 def results_markdown(results: list[dict], variants: list[dict], sweep: list[dict], n_seeds: int,
                      n_test: int) -> str:
     """The experiments table next to the seed's numbers, the variants, the sweep (markdown)."""
-    lines = [f"Test accuracy on MNIST ({n_test} test images), mean ± std over {n_seeds} seed(s).", "",
-             "| # | experiment | labels | seed's | ours | ours − seed's | AE PSNR (dB) | NMI of code |",
+    lines = [f"Test accuracy on MNIST ({n_test} test images), mean ± std over {n_seeds} seed(s); "
+             "accuracy and NMI on the 0-1 scale.", "",
+             "| # | experiment | labels | seed's accuracy (0-1) | ours (0-1) | ours − seed's | AE PSNR (dB) "
+             "| NMI of code (0-1) |",
              "|---|---|---|---|---|---|---|---|"]
     for r, mark in [(r, "") for r in results] + [(v, "′") for v in variants]:
         psnr = f"{r['pretrained_psnr_mean']:.2f}" if "pretrained_psnr_mean" in r else "–"
@@ -660,7 +710,7 @@ def results_markdown(results: list[dict], variants: list[dict], sweep: list[dict
               "the same experiment with a fresh Adam state for supervised training."]
     if not sweep:
         return "\n".join(lines) + "\n"
-    lines += ["", "Labels-fraction sweep (test accuracy, mean ± std):", "",
+    lines += ["", "Labels-fraction sweep (test accuracy on the 0-1 scale, mean ± std):", "",
               "| labels | " + " | ".join(SWEEP_NAMES[m] for m in SWEEP_METHODS) + " |",
               "|---|" + "---|" * len(SWEEP_METHODS)]
     fractions = list(dict.fromkeys(s["labels_fraction"] for s in sweep))
@@ -674,10 +724,8 @@ def results_markdown(results: list[dict], variants: list[dict], sweep: list[dict
 
 def plot_sweep(sweep: list[dict], path) -> pathlib.Path:
     """Test accuracy vs number of labels (log x), one line with std error bars per method."""
-    import matplotlib.pyplot as plt
-
     from aeclust_jax import viz
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = viz.figure(figsize=(5, 3.6))
     for m in SWEEP_METHODS:
         pts = sorted((s["labels_used"], s["accuracy_mean"], s["accuracy_std"])
                      for s in sweep if s["method"] == m)
@@ -685,20 +733,21 @@ def plot_sweep(sweep: list[dict], path) -> pathlib.Path:
         ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=3, label=SWEEP_NAMES[m])
     ax.set_xscale("log")
     ax.set_xlabel("labelled training images")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("test accuracy (0-1)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("S3: accuracy vs labels (MNIST)", fontsize=10)
-    return viz._save(fig, path)
+    return viz.save(fig, path)
 
 
 def plot_codes(runs_dir: pathlib.Path, base: S3Config, code_seed: int, labels: np.ndarray,
-               path, experiments: Sequence[Experiment]) -> pathlib.Path | None:
-    """t-SNE of the AE codes (first test images) coloured by label, one panel per TSNE_PANELS."""
-    import matplotlib.pyplot as plt
-
+               path, experiments: Sequence[Experiment],
+               class_names: Sequence[str] | None = None) -> pathlib.Path | None:
+    """t-SNE of the AE codes (first test images) coloured by label, one panel per TSNE_PANELS;
+    each panel's title gives NMI / ACC of K-means (k = classes, 10 restarts) on its embedding."""
     from aeclust_jax import viz
-    from aeclust_jax.cluster import tsne
+    from aeclust_jax.cluster import kmeans, tsne
+    from aeclust_jax.metrics import acc, nmi
     wanted = list(experiments) + variants_of(experiments)
     panels = []
     for title, exp, which in TSNE_PANELS:
@@ -710,43 +759,46 @@ def plot_codes(runs_dir: pathlib.Path, base: S3Config, code_seed: int, labels: n
                 panels.append((title, z[which]))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
-    for ax, (title, codes) in zip(axes[0], panels):
+    k = int(labels.max()) + 1
+    shown = {}
+    for title, codes in panels:
         emb = tsne(np.asarray(codes, np.float32), 2, perplexity=min(30.0, (len(codes) - 1) / 3),
                    seed=code_seed)
-        viz.tsne_scatter(emb, labels[:len(codes)], None, title=title, ax=ax)
-    handles = [plt.Line2D([], [], ls="", marker="o", ms=5, color=plt.get_cmap("tab10")(i), label=str(i))
-               for i in range(int(labels.max()) + 1)]
-    fig.legend(handles=handles, loc="center right", fontsize=7, title="digit")
-    fig.suptitle(f"t-SNE of autoencoder codes, {len(panels[0][1])} test images", fontsize=10)
-    return viz._save(fig, path)
+        y = labels[:len(codes)]
+        pred = np.asarray(kmeans(jnp.asarray(emb, jnp.float32), k, key=jax.random.key(code_seed),
+                                 n_init=10).labels)
+        shown[title] = (emb, y, {"NMI": float(nmi(y, pred)), "ACC": float(acc(y, pred))})
+    return viz.tsne_panels(shown, path, class_names=class_names,
+                           title=f"t-SNE of autoencoder codes, {len(panels[0][1])} test images "
+                                 "(NMI/ACC of K-means on each embedding)")
 
 
-def _reproduce_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="reproduce.py s3", description="S3: the seed's six experiments and the labels-fraction "
-        "sweep, mean +- std over seeds. Runs already in OUT/runs are reused (resumable).")
-    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (5)")
-    p.add_argument("--epochs", type=int, help="autoencoder and supervised epochs (10)")
-    p.add_argument("--out", default="results/s3")
+def reproduce_parser() -> argparse.ArgumentParser:
+    """The options of ``reproduce.py s3``."""
+    p = make_parser(
+        prog=prog_name("reproduce.py") + " s3", description="S3: the seed's six experiments and the "
+        "labels-fraction sweep, mean +- std over seeds.\nRuns already in OUT/runs are reused (resumable).")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    p.add_argument("--epochs", type=int, help=f"autoencoder and supervised epochs {_d('epochs')}")
+    p.add_argument("--out", default="results/s3", help="folder of the tables, figures and runs/")
     p.add_argument("--config", help=f"base YAML config (default: {DEFAULT_CONFIG.name} when present)")
     p.add_argument("--experiments", type=int, nargs="+", choices=[e.number for e in EXPERIMENTS],
                    help="subset of the experiments 1..6 (default all)")
     p.add_argument("--fractions", type=float, nargs="*", default=list(SWEEP_FRACTIONS),
                    help="labels fractions of the sweep (default 0.001 0.01 0.1 1; none = no sweep)")
     p.add_argument("--tsne-samples", type=int, default=2000, help="test images in the t-SNE figure")
-    p.add_argument("--train-limit", type=int, help="use the first N training images (quick runs)")
-    p.add_argument("--test-limit", type=int, help="evaluate on the first N test images")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--train-limit", type=int, help="use the first N training images (quick runs; default: all)")
+    p.add_argument("--test-limit", type=int, help="evaluate on the first N test images (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
 def reproduce_main(argv: Sequence[str]) -> int:
-    args = _reproduce_parser().parse_args(list(argv))
+    args = reproduce_parser().parse_args(list(argv))
     if args.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if any(not 0 < f <= 1 for f in args.fractions):
-        raise ConfigError(f"--fractions must lie in (0, 1], got {args.fractions}")
+        raise UsageError(f"--fractions must lie in (0, 1], got {args.fractions}")
     path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     over = {"ae_epochs": args.epochs, "epochs": args.epochs, "train_limit": args.train_limit,
             "test_limit": args.test_limit}
@@ -756,17 +808,18 @@ def reproduce_main(argv: Sequence[str]) -> int:
     fractions = sorted(set(args.fractions))
     out = pathlib.Path(args.out)
     runs_dir = out / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"base_config": to_dict(base), "seeds": seeds,
                 "experiments": [e.number for e in experiments], "fractions": fractions}
     old = out / "reproduce.json"
     if old.is_file() and runs.read_json(old)["base_config"] != manifest["base_config"]:
         raise runs.RunExistsError(f"{out} holds a reproduction with another base config "
                                   f"(see {old}); choose another --out")
-    runs.write_json(old, manifest)
-
     jobs = planned_jobs(base, seeds, experiments, fractions)
-    train_ds, test_ds = load_splits(base)
+    train_ds, test_ds = load_splits(base, progress=not args.no_progress)
+    for cfg in jobs.values():      # every job's config fits the data before anything is written
+        check_data(cfg, train_ds, test_ds)
+    runs.make_dir(runs_dir)
+    runs.write_json(old, manifest)
     code_jobs = [job_name(dataclasses.replace(e.config(base), seed=seeds[0])) for _, e, _ in TSNE_PANELS]
     run_jobs(jobs, train_ds, test_ds, runs_dir, tsne_samples=args.tsne_samples, code_jobs=code_jobs,
              progress=not args.no_progress)
@@ -785,7 +838,8 @@ def reproduce_main(argv: Sequence[str]) -> int:
                      title=f"S3 experiments 1-6 (MNIST), ours over {len(seeds)} seed(s)")
     if sweep:
         plot_sweep(sweep, out / "sweep.png")
-    plot_codes(runs_dir, base, seeds[0], test_labels, out / "tsne_codes.png", experiments)
+    plot_codes(runs_dir, base, seeds[0], test_labels, out / "tsne_codes.png", experiments,
+               class_names=test_ds.class_names)
     print(table)
     print(f"wrote {out}")
     return 0

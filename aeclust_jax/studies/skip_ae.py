@@ -25,15 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from aeclust_jax import runs, train
-from aeclust_jax.config import load_config, to_dict
+from aeclust_jax.cli import make_parser, prog_name
+from aeclust_jax.config import ConfigError, config_dir, load_config, to_dict
+from aeclust_jax.errors import UsageError
 from aeclust_jax.models import get_model
+from aeclust_jax.progress import Stages
 
 MODELS = ("cae", "cae_skip", "dae", "dae_skip")
 DATASETS = ("mnist", "fashion_mnist", "hanja", "hanja_synth")
 LATENT_SKIP_MODES = ("random", "trained")
 UPSAMPLE_METHODS = ("subpixel", "repeat", "broadcast", "resize")
 TSNE_BACKENDS = ("auto", "opentsne", "tsnecuda", "jax")
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = config_dir()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +66,7 @@ class S1Config:
     checkpoint_every: int = 5
     keep_checkpoints: int = 3
     dataset_options: dict = dataclasses.field(default_factory=dict)   # load(name, **options)
-    progress: bool = True
+    progress: bool = False               # progress bars and lines (the CLI turns them on)
     scan_epoch: bool = False             # an epoch as one lax.scan (same numbers; fast on a GPU)
 
     def validate(self) -> "S1Config":
@@ -74,14 +77,46 @@ class S1Config:
                                      ("upsample", self.upsample, UPSAMPLE_METHODS),
                                      ("tsne_backend", self.tsne_backend, TSNE_BACKENDS)):
             if value not in choices:
-                raise ValueError(f"unknown {name} {value!r}; choices: {', '.join(choices)}")
+                raise ConfigError(f"unknown {name} {value!r}; choices: {', '.join(choices)}")
         for name in ("epochs", "batch_size", "n_cluster", "kmeans_n_init", "eval_batch",
-                     "checkpoint_every", "keep_checkpoints"):
+                     "checkpoint_every", "keep_checkpoints", "tsne_iter"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_limit", "test_limit", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
         if self.noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+            raise ConfigError(f"noise_std must be >= 0, got {self.noise_std}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         return self
+
+    def check_data(self, train_images: np.ndarray, test, *, devices: int = 1) -> None:
+        """Raises ConfigError when this config cannot run on the loaded data: the image size
+        (28x28 or 100x100), the batch size (a multiple of ``devices``; with last_batch=drop at
+        most the training rows), the clustered test images (more than t-SNE's perplexity 30 and
+        at least one per class) and the t-SNE backend (installed here)."""
+        from aeclust_jax.cluster import tsne_backends
+        from aeclust_jax.models.skip_ae import family_of
+
+        try:
+            family_of(tuple(train_images.shape[1:]))
+        except ValueError as e:
+            raise ConfigError(f"dataset {self.dataset}: {e}") from None
+        if self.batch_size % devices:
+            raise ConfigError(f"batch_size {self.batch_size} must be a multiple of the {devices} devices")
+        if self.last_batch == "drop" and self.batch_size > len(train_images):
+            raise ConfigError(f"batch_size {self.batch_size} exceeds the {len(train_images)} training "
+                              "images with last_batch=drop")
+        n_test = min(len(test.images), self.test_limit or len(test.images))
+        n = min(self.n_cluster, n_test)
+        if n <= 30 or n < test.num_classes:
+            raise ConfigError(f"{n} test images to cluster (n_cluster {self.n_cluster}, test images "
+                              f"{n_test}): t-SNE (perplexity 30) and K-means (k = {test.num_classes}) "
+                              f"need more than {max(30, test.num_classes - 1)}")
+        if self.tsne_backend != "auto" and self.tsne_backend not in tsne_backends():
+            raise ConfigError(f"tsne_backend {self.tsne_backend!r} is not available here; "
+                              f"available: {', '.join(tsne_backends())}, auto")
 
 
 # ----------------------------------------------------------------------------- model + loss
@@ -155,46 +190,64 @@ def _tsne(x: np.ndarray, cfg: S1Config) -> np.ndarray:
                            backend=cfg.tsne_backend, n_iter=cfg.tsne_iter, n_jobs=_TSNE_JOBS))
 
 
+def kmeans_labels(features: np.ndarray, k: int, *, seed: int, n_init: int) -> np.ndarray:
+    """K-means (k-means++, ``n_init`` restarts, key ``seed``) of features (N, D) -> labels (N,)."""
+    from aeclust_jax.cluster import kmeans
+    return np.asarray(kmeans(jnp.asarray(features, jnp.float32), k, key=jax.random.key(seed),
+                             n_init=n_init).labels)
+
+
+def scores(labels: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """``{"nmi", "acc", "ari"}`` of predicted labels (N,) against the true ones, on the 0-1 scale."""
+    from aeclust_jax.metrics import acc, ari, nmi
+    return {"nmi": float(nmi(labels, pred)), "acc": float(acc(labels, pred)),
+            "ari": float(ari(labels, pred))}
+
+
 def cluster_scores(features: np.ndarray, labels: np.ndarray, k: int, *, seed: int,
                    n_init: int) -> dict[str, Any]:
     """K-means (k-means++, ``n_init`` restarts, key ``seed``) on features (N, D) -> nmi/acc/ari."""
-    from aeclust_jax.cluster import kmeans
-    from aeclust_jax.metrics import acc, ari, nmi
-    pred = np.asarray(kmeans(jnp.asarray(features, jnp.float32), k, key=jax.random.key(seed),
-                             n_init=n_init).labels)
-    return {"nmi": float(nmi(labels, pred)), "acc": float(acc(labels, pred)),
-            "ari": float(ari(labels, pred)), "pred": pred}
+    pred = kmeans_labels(features, k, seed=seed, n_init=n_init)
+    return {**scores(labels, pred), "pred": pred}
 
 
 def evaluate(model, params, test, cfg: S1Config, mesh, *, full: bool = True,
-             timings: dict | None = None) -> tuple[dict, dict]:
+             timings: dict | None = None, progress: bool = False) -> tuple[dict, dict]:
     """S1 protocol on the test split -> (metrics, arrays for figures).
 
-    ``full=False`` (per-epoch curves) computes only psnr and the t-SNE NMI.
+    ``full=False`` (per-epoch curves) computes only psnr and the t-SNE NMI. ``timings`` gets the
+    seconds of each stage kind (encode, tsne, kmeans, metrics; summed over the feature kinds);
+    ``progress`` prints one line per stage.
     """
-    timings = {} if timings is None else timings
+    stage = Stages(progress, timings=timings)
     images = test.images[:cfg.test_limit] if cfg.test_limit else test.images
-    t = time.perf_counter()
-    enc = encode(model, params, images, batch_size=cfg.eval_batch, mesh=mesh)
-    timings["encode"] = time.perf_counter() - t
+    with stage("encode", f"encode {len(images)} test images"):
+        enc = encode(model, params, images, batch_size=cfg.eval_batch, mesh=mesh)
     n = min(cfg.n_cluster, len(images))
     labels = np.asarray(test.labels[:n])
     k = int(test.num_classes)
-    t = time.perf_counter()
-    emb = _tsne(enc["latent"][:n], cfg)
-    timings["tsne"] = time.perf_counter() - t
-    t = time.perf_counter()
-    s = cluster_scores(emb, labels, k, seed=cfg.seed, n_init=cfg.kmeans_n_init)
-    timings["kmeans"] = time.perf_counter() - t
+
+    def clustered(features, what):
+        with stage("kmeans", f"K-means (k={k}, {cfg.kmeans_n_init} restarts) on {what}"):
+            pred = kmeans_labels(features, k, seed=cfg.seed, n_init=cfg.kmeans_n_init)
+        with stage("metrics", f"NMI / ACC / ARI of {what}"):
+            return {**scores(labels, pred), "pred": pred}
+
+    def embedded(features, what):
+        with stage("tsne", f"t-SNE of {n} {what} ({features.shape[1]}-d)"):
+            return _tsne(features, cfg)
+
+    emb = embedded(enc["latent"][:n], "latents")
+    s = clustered(emb, "the latent t-SNE")
     metrics = {"psnr": float(np.mean(enc["psnr"])), "nmi": s["nmi"], "acc": s["acc"], "ari": s["ari"]}
     arrays = {"tsne": emb, "labels": labels, "pred": s["pred"]}
     if not full:
         return metrics, arrays
-    raw = cluster_scores(enc["latent"][:n], labels, k, seed=cfg.seed, n_init=cfg.kmeans_n_init)
+    raw = clustered(enc["latent"][:n], "the raw latent")
     metrics.update(nmi_latent=raw["nmi"], acc_latent=raw["acc"], ari_latent=raw["ari"])
-    emb_ls = _tsne(enc["latent_skip"][:n], cfg)
-    ls = cluster_scores(emb_ls, labels, k, seed=cfg.seed, n_init=cfg.kmeans_n_init)
-    ls_raw = cluster_scores(enc["latent_skip"][:n], labels, k, seed=cfg.seed, n_init=cfg.kmeans_n_init)
+    emb_ls = embedded(enc["latent_skip"][:n], "latent+skip features")
+    ls = clustered(emb_ls, "the latent+skip t-SNE")
+    ls_raw = clustered(enc["latent_skip"][:n], "the raw latent+skip")
     metrics.update(nmi_latent_skip=ls["nmi"], acc_latent_skip=ls["acc"], ari_latent_skip=ls["ari"],
                    nmi_latent_skip_raw=ls_raw["nmi"])
     arrays.update(tsne_latent_skip=emb_ls, latent=enc["latent"][:n])
@@ -217,23 +270,29 @@ def samples_and_maps(model, params, images: np.ndarray, noise_std: float, seed: 
 
 def load_split(cfg: S1Config, split: str):
     from aeclust_jax.data import load
-    return load(cfg.dataset, split, **dict(cfg.dataset_options))
+    return load(cfg.dataset, split, progress=cfg.progress, **dict(cfg.dataset_options))
 
 
 def run(cfg: S1Config, out: str | pathlib.Path, *, resume: bool = False) -> dict:
-    """Trains and evaluates one S1 model into run folder ``out``; returns metrics.json's dict."""
+    """Trains and evaluates one S1 model into run folder ``out``; returns metrics.json's dict.
+
+    The config, ``out`` and the data are checked before anything is written: a run that fails
+    on a bad option or on missing/bad data leaves no folder behind.
+    """
     cfg = cfg.validate()
-    out = runs.prepare_run_dir(out, resume=resume)
-    if runs.is_complete(out):
+    out = runs.check_run_dir(out, resume=resume)
+    if resume and runs.is_complete(out):
         print(f"{out} is already complete (metrics.json exists); nothing to do")
         return runs.read_json(out / "metrics.json")
-    _write_config(out / "config.yaml", cfg)
     train.maybe_initialize_distributed()
-    mesh = train.make_mesh()
     t_load = time.perf_counter()
     tr, te = load_split(cfg, "train"), load_split(cfg, "test")
     images = tr.images[:cfg.train_limit] if cfg.train_limit else tr.images
     load_seconds = time.perf_counter() - t_load
+    mesh = train.make_mesh()
+    cfg.check_data(images, te, devices=mesh.size)
+    out = runs.prepare_run_dir(out, resume=resume)
+    _write_config(out / "config.yaml", cfg)
     model = build_model(cfg, images.shape[1:])
     key = jax.random.key(cfg.seed)
     k_init, k_fit = jax.random.split(key)
@@ -257,10 +316,11 @@ def run(cfg: S1Config, out: str | pathlib.Path, *, resume: bool = False) -> dict
         ckpt.close()
     params = result.state.params
     timings = {"load": load_seconds}
-    metrics, arrays = evaluate(model, params, te, cfg, mesh, timings=timings)
+    metrics, arrays = evaluate(model, params, te, cfg, mesh, timings=timings, progress=cfg.progress)
     extra = samples_and_maps(model, params, te.images, model.noise_std, cfg.seed)
-    np.savez_compressed(out / "eval.npz", **arrays, **extra)
-    _run_figures(out, cfg, arrays, extra, te)
+    np.savez_compressed(out / "eval.npz", **arrays, **extra, class_names=np.asarray(te.class_names))
+    with Stages(cfg.progress, timings=timings)("figures", f"figures into {out / 'figures'}"):
+        _run_figures(out, cfg, arrays, extra, te, metrics)
     train_seconds = sum(r["seconds"] for r in result.history)
     # images/s over the epochs after the first (which includes compilation) when there are any
     warm = result.history[1:] or result.history
@@ -269,7 +329,8 @@ def run(cfg: S1Config, out: str | pathlib.Path, *, resume: bool = False) -> dict
         epochs=cfg.epochs, train_seconds=train_seconds, images_per_second=ips,
         final_loss=result.history[-1]["loss"], model=cfg.model, dataset=cfg.dataset, seed=cfg.seed,
         num_params=train.count_params(params, _recon_param),
-        eval_seconds=timings, devices=mesh.size, platform=jax.devices()[0].platform)
+        eval_seconds=timings, devices=mesh.size, platform=jax.devices()[0].platform,
+        scale=runs.SCALE)
     runs.write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -290,7 +351,8 @@ def _write_config(path: pathlib.Path, cfg: S1Config) -> None:
     runs.atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def _run_figures(out: pathlib.Path, cfg: S1Config, arrays: dict, extra: dict, test) -> None:
+def _run_figures(out: pathlib.Path, cfg: S1Config, arrays: dict, extra: dict, test,
+                 metrics: dict) -> None:
     from aeclust_jax import viz
     fig = out / "figures"
     fig.mkdir(exist_ok=True)
@@ -301,44 +363,86 @@ def _run_figures(out: pathlib.Path, cfg: S1Config, arrays: dict, extra: dict, te
                             row_names=(["clean", "noisy input", "recon"] if cfg.model.startswith("dae")
                                        else ["input", "recon"]), title=title)
     names = list(test.class_names)
-    viz.tsne_scatter(arrays["tsne"], arrays["labels"], fig / "tsne.png", title=f"{title}: latent",
-                     class_names=names)
+    n = len(arrays["labels"])
+    viz.tsne_scatter(arrays["tsne"], arrays["labels"], fig / "tsne.png", class_names=names,
+                     title=f"{title}: t-SNE of the latent, {n} test images",
+                     scores={"NMI": metrics["nmi"], "ACC": metrics["acc"]})
     viz.tsne_scatter(arrays["tsne_latent_skip"], arrays["labels"], fig / "tsne_latent_skip.png",
-                     title=f"{title}: latent + skip", class_names=names)
-    maps = _ordered_maps(extra)
-    if maps:
-        viz.feature_maps(maps, fig / "feature_maps.png", title=title)
+                     title=f"{title}: t-SNE of latent + skip, {n} test images", class_names=names,
+                     scores={"NMI": metrics["nmi_latent_skip"], "ACC": metrics["acc_latent_skip"]})
+    plot_feature_maps(extra, cfg.model, fig / "feature_maps.png", title=title)
+
+
+def plot_feature_maps(extra, model: str, path, *, title: str) -> pathlib.Path | None:
+    """Fig. 9: the decoder maps at each skip junction of test image 0 (``samples_and_maps``'
+    ``map_*`` arrays, or an eval.npz holding them); None for models without skips."""
+    from aeclust_jax import viz
+    maps = _ordered_maps({k: extra[k] for k in extra.keys()})
+    if not maps:
+        return None
+    junctions = sorted({name.rsplit("_", 1)[1] for name in maps})
+    labels = {}
+    for name, m in maps.items():
+        what, j = name.rsplit("_", 1)
+        size = "x".join(map(str, np.shape(m)))
+        labels[name] = (f"junction {j} ({size})\n"
+                        + ("decoder path" if what == "latent_path" else "skip branch (encoder)"))
+    noisy = model.startswith("dae")
+    return viz.feature_maps(
+        maps, path, image=np.asarray(extra["inputs"][0]),
+        image_label="test image 0\n(noisy input)" if noisy else "test image 0\n(input)",
+        row_labels=labels, scale_groups=[[f"latent_path_{j}", f"skip_branch_{j}"] for j in junctions],
+        title=f"{title}: decoder maps at the skip junctions",
+        caption="rows: the decoder's own map and the skip branch added to it, per junction; "
+                "columns: channels; one colour scale per junction",
+        colorbar_label="activation")
 
 
 # ----------------------------------------------------------------------------- CLI: train
 
-def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="train.py", description="Train and evaluate one S1 autoencoder (cae, cae_skip, dae, dae_skip).")
+_DEFAULTS = S1Config()
+
+
+def _d(name: str) -> str:
+    return f"(default: {getattr(_DEFAULTS, name)})"
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """The options of ``train.py --model cae|cae_skip|dae|dae_skip``."""
+    p = make_parser(
+        prog=prog_name("train.py"),
+        description="Train and evaluate one S1 autoencoder (cae, cae_skip, dae, dae_skip).\n\n"
+                    "An option left out takes its value from --config (default:\n"
+                    "configs/s1_<dataset>.yaml when present), else the default shown.")
     p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--dataset", default="mnist", help=f"one of {', '.join(DATASETS)}")
-    p.add_argument("--config", help="YAML config (default: configs/s1_<dataset>.yaml when present)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", help=f"one of {', '.join(train.OPTIMIZERS)}")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--noise-std", type=float)
+    p.add_argument("--config", help="YAML config of S1Config fields (default: configs/s1_<dataset>.yaml "
+                                    "when present)")
+    p.add_argument("--epochs", type=int, help=_d("epochs"))
+    p.add_argument("--batch-size", type=int, help=_d("batch_size"))
+    p.add_argument("--optimizer", help=f"one of {', '.join(train.OPTIMIZERS)} {_d('optimizer')}")
+    p.add_argument("--lr", type=float, help="learning rate (default: the optimizer's; adadelta 1.0)")
+    p.add_argument("--noise-std", type=float, help=f"dae*: input noise std {_d('noise_std')}")
     p.add_argument("--noisy-target", action="store_true", default=None,
                    help="denoising target = the noisy input (the authors' code), not the clean image")
-    p.add_argument("--latent-skip", help="random (faithful, fixed projections) | trained (auxiliary loss)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--train-limit", type=int, help="use the first N training images")
-    p.add_argument("--test-limit", type=int, help="evaluate PSNR on the first N test images")
-    p.add_argument("--n-cluster", type=int, help="first N test images for t-SNE/K-means (3000)")
-    p.add_argument("--eval-every", type=int, help="PSNR + NMI every N epochs into history.jsonl")
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--upsample", help="subpixel (default) | repeat | broadcast | resize")
-    p.add_argument("--last-batch", help="pad | drop")
+    p.add_argument("--latent-skip", help=f"random (faithful, fixed projections) | trained (auxiliary "
+                                         f"loss) {_d('latent_skip')}")
+    p.add_argument("--seed", type=int, help=_d("seed"))
+    p.add_argument("--train-limit", type=int, help="use the first N training images (default: all)")
+    p.add_argument("--test-limit", type=int, help="evaluate PSNR on the first N test images (default: all)")
+    p.add_argument("--n-cluster", type=int, help=f"first N test images for t-SNE/K-means {_d('n_cluster')}")
+    p.add_argument("--eval-every", type=int, help="PSNR + NMI every N epochs into history.jsonl "
+                                                  "(default: 0, off)")
+    p.add_argument("--checkpoint-every", type=int, help=f"epochs {_d('checkpoint_every')}")
+    p.add_argument("--upsample", help=f"subpixel | repeat | broadcast | resize {_d('upsample')}")
+    p.add_argument("--last-batch", help=f"pad | drop {_d('last_batch')}")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the dataset builder, e.g. train_per_class=100 (repeatable)")
     p.add_argument("--scan-epoch", action="store_true", default=None,
                    help="run each epoch as one lax.scan (same numbers; much faster on a GPU)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tsne-backend", help=f"{' | '.join(TSNE_BACKENDS)} {_d('tsne_backend')}")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars or lines (data preparation, training, evaluation stages)")
     p.add_argument("--out", help="run folder (default runs/<dataset>-<model>-<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     return p
@@ -349,7 +453,7 @@ def _parse_kv(items: Sequence[str]) -> dict:
     opts = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--dataset-option expects KEY=VALUE, got {item!r}")
+            raise UsageError(f"--dataset-option expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         opts[k] = yaml.safe_load(v)
     return opts
@@ -359,7 +463,7 @@ def config_from_args(args) -> S1Config:
     """Defaults <- configs/s1_<dataset>.yaml (or --config) <- flags; --resume starts from the
     run's saved config.yaml instead."""
     if args.dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {args.dataset!r}; choices: {', '.join(DATASETS)}")
+        raise UsageError(f"unknown dataset {args.dataset!r}; choices: {', '.join(DATASETS)}")
     over = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
             "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
             "noise_std": args.noise_std, "noisy_target": args.noisy_target,
@@ -367,8 +471,9 @@ def config_from_args(args) -> S1Config:
             "test_limit": args.test_limit, "n_cluster": args.n_cluster, "eval_every": args.eval_every,
             "checkpoint_every": args.checkpoint_every, "upsample": args.upsample,
             "last_batch": args.last_batch, "scan_epoch": args.scan_epoch,
+            "tsne_backend": args.tsne_backend,
             "dataset_options": _parse_kv(args.dataset_option) or None,
-            "progress": False if args.no_progress else None}
+            "progress": not args.no_progress}
     saved = pathlib.Path(args.out or "") / "config.yaml"
     if args.resume and args.out and saved.is_file():
         base = load_config(S1Config, saved)
@@ -380,7 +485,7 @@ def config_from_args(args) -> S1Config:
 
 
 def train_main(argv: Sequence[str]) -> int:
-    args = _train_parser().parse_args(list(argv))
+    args = train_parser().parse_args(list(argv))
     if args.out is None:   # the default folder, also where --resume looks for config.yaml
         args.out = f"runs/{args.dataset}-{args.model}-{0 if args.seed is None else args.seed}"
     cfg = config_from_args(args).validate()
@@ -398,19 +503,21 @@ TABLE_METRICS = ("psnr", "nmi", "nmi_latent", "nmi_latent_skip", "acc", "ari", "
 TRAINED_LS = "+ls_trained"   # suffix of the runs whose latent+skip projections are trained
 
 
-def _reproduce_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reproduce.py s1",
-                                description="S1: 4 models x datasets x seeds -> results table + figures.")
+def reproduce_parser() -> argparse.ArgumentParser:
+    """The options of ``reproduce.py s1``."""
+    p = make_parser(prog=prog_name("reproduce.py") + " s1",
+                    description="S1: 4 models x datasets x seeds -> results table + figures. Options "
+                                "left out take the value of configs/s1_<dataset>.yaml, else S1Config's.")
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist", "hanja_synth"])
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
     p.add_argument("--epochs", type=int, help="override the configs' epochs")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="override the configs' batch size")
     p.add_argument("--optimizer", help=f"override the configs' optimizer: {', '.join(train.OPTIMIZERS)}")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--train-limit", type=int, help="first N training images per dataset")
-    p.add_argument("--test-limit", type=int)
-    p.add_argument("--n-cluster", type=int)
+    p.add_argument("--lr", type=float, help="override the configs' learning rate")
+    p.add_argument("--train-limit", type=int, help="first N training images per dataset (default: all)")
+    p.add_argument("--test-limit", type=int, help="first N test images per dataset (default: all)")
+    p.add_argument("--n-cluster", type=int, help=f"test images clustered {_d('n_cluster')}")
     p.add_argument("--eval-every", type=int, default=None,
                    help="PSNR/NMI every N epochs for cae (Fig. 4); default epochs // 5, 0 = off")
     p.add_argument("--trained-latent-skip", action="store_true",
@@ -424,7 +531,7 @@ def _reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument("--tsne-backend", help="auto (default) | opentsne | tsnecuda | jax")
     p.add_argument("--workers", type=int, default=1,
                    help="runs trained at once, each in its own process (e.g. several per GPU)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
     p.add_argument("--summary-only", action="store_true",
                    help="train nothing: table + figures from the runs already complete")
     return p
@@ -434,24 +541,24 @@ def _dataset_options(items: Sequence[str]) -> dict[str, dict]:
     opts: dict[str, dict] = {}
     for item in items:
         if ":" not in item:
-            raise ValueError(f"--dataset-option expects DATASET:KEY=VALUE, got {item!r}")
+            raise UsageError(f"--dataset-option expects DATASET:KEY=VALUE, got {item!r}")
         ds, kv = item.split(":", 1)
         opts.setdefault(ds, {}).update(_parse_kv([kv]))
     return opts
 
 
 def reproduce_main(argv: Sequence[str]) -> int:
-    a = _reproduce_parser().parse_args(list(argv))
+    a = reproduce_parser().parse_args(list(argv))
     for d in a.datasets:
         if d not in DATASETS:
-            raise ValueError(f"unknown dataset {d!r}; choices: {', '.join(DATASETS)}")
+            raise UsageError(f"unknown dataset {d!r}; choices: {', '.join(DATASETS)}")
     for m in a.models:
         if m not in MODELS:
-            raise ValueError(f"unknown model {m!r}; choices: {', '.join(MODELS)}")
+            raise UsageError(f"unknown model {m!r}; choices: {', '.join(MODELS)}")
     if a.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {a.seeds}")
+        raise UsageError(f"--seeds must be >= 1, got {a.seeds}")
     if a.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {a.workers}")
+        raise UsageError(f"--workers must be >= 1, got {a.workers}")
     ds_opts = _dataset_options(a.dataset_option)
     runs_dir = pathlib.Path(a.runs or "runs/s1")
     out = pathlib.Path(a.out)
@@ -471,7 +578,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
                             "dataset_options": ds_opts.get(ds) or None,
                             "scan_epoch": True if a.scan_epoch else None,
                             "tsne_backend": a.tsne_backend,
-                            "progress": False if a.no_progress or a.workers > 1 else None}
+                            "progress": not (a.no_progress or a.workers > 1)}
                     cfg = load_config(S1Config, path if path.is_file() else None, over)
                     every = a.eval_every if a.eval_every is not None else max(1, cfg.epochs // 5)
                     if model == "cae" and seed == 0 and every:
@@ -552,8 +659,8 @@ def summarize(jobs, out: pathlib.Path) -> dict:
                 "optimizer": first.optimizer, "lr": first.lr, "devices": jax.device_count(), "platform": jax.devices()[0].platform,
                 "machine": _machine()}
     claims = check_claims(rows)
-    result = {"settings": settings, "results": rows, "claims": claims}
-    out.mkdir(parents=True, exist_ok=True)
+    result = {"scale": runs.SCALE, "settings": settings, "results": rows, "claims": claims}
+    runs.make_dir(out)
     runs.write_json(out / "results.json", result)
     runs.atomic_write_text(out / "results.md", markdown_table(rows, settings, claims))
     reproduce_figures(groups, rows, out / "figures")
@@ -578,8 +685,9 @@ def markdown_table(rows, settings, claims) -> str:
     lines = [f"S1 results: {settings['seeds']} seed(s), epochs {settings['epochs']}, batch "
              f"{settings['batch_size']}, {settings['optimizer']} (lr {settings['lr'] or 'default'}), train_limit {settings['train_limit'] or 'all'}, "
              f"{settings['n_cluster']} test images clustered, {settings['platform']} ({settings['machine']}).",
-             "NMI/ACC/ARI on the 0-100 scale; mean ± std over seeds.", "",
-             "| dataset | model | seeds | PSNR (dB) | NMI t-SNE | NMI latent | NMI latent+skip t-SNE | ACC t-SNE | ARI t-SNE |",
+             "NMI/ACC/ARI on the 0-100 scale (results.json: 0-1); mean ± std over seeds.", "",
+             "| dataset | model | seeds | PSNR (dB) | NMI t-SNE (0-100) | NMI latent (0-100) | "
+             "NMI latent+skip t-SNE (0-100) | ACC t-SNE (0-100) | ARI t-SNE (0-100) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['model']} | {r['n_seeds']} | {_ms(r, 'psnr')} | {_ms(r, 'nmi', 100, '{:.1f}')} | "
@@ -624,28 +732,33 @@ def reproduce_figures(groups, rows, fig: pathlib.Path) -> None:
     bars = lambda k, s=1.0: {ds: {r["model"]: tuple(v * s for v in pick(r, k)) for r in rows
                                   if r["dataset"] == ds} for ds in datasets}
     viz.grouped_bars(bars("psnr"), fig / "fig6_psnr.png", ylabel="PSNR (dB)", title="Fig. 6: PSNR")
-    viz.grouped_bars(bars("nmi", 100), fig / "fig7_nmi.png", ylabel="NMI (t-SNE + K-means)",
+    viz.grouped_bars(bars("nmi", 100), fig / "fig7_nmi.png", ylabel="NMI, 0-100 (t-SNE + K-means)",
                      title="Fig. 7: NMI")
     fig11 = {}
     for r in rows:
         fig11[f"{r['dataset']}\n{r['model']}"] = {"latent": tuple(100 * v for v in pick(r, "nmi")),
                                                   "latent+skip": tuple(100 * v for v in pick(r, "nmi_latent_skip"))}
-    viz.grouped_bars(fig11, fig / "fig11_latent_skip.png", ylabel="NMI", title="Fig. 11: latent vs latent+skip")
+    viz.grouped_bars(fig11, fig / "fig11_latent_skip.png", ylabel="NMI, 0-100",
+                     title="Fig. 11: latent vs latent+skip")
     for ds in datasets:
         first = {name: items[0][1] for (d, name), items in groups.items()
                  if d == ds and runs.is_complete(items[0][1])}
         evals = {name: np.load(d / "eval.npz") for name, d in first.items() if (d / "eval.npz").is_file()}
         if not evals:
             continue
-        viz.tsne_panels({name: (e["tsne"], e["labels"]) for name, e in evals.items()},
-                        fig / f"fig8_tsne_{ds}.png", title=f"Fig. 8: t-SNE of the latent, {ds}")
+        panels = {}
+        for name, e in evals.items():
+            m = runs.read_json(first[name] / "metrics.json")
+            panels[name] = (e["tsne"], e["labels"], {"NMI": m.get("nmi"), "ACC": m.get("acc")})
+        e0 = next(iter(evals.values()))
+        names = [str(c) for c in e0["class_names"]] if "class_names" in e0.files else None
+        viz.tsne_panels(panels, fig / f"fig8_tsne_{ds}.png", class_names=names,
+                        title=f"Fig. 8: t-SNE of the latent, {ds}, seed 0 "
+                              f"({len(e0['labels'])} test images; NMI/ACC of K-means on it)")
         skip_names = [n for n in evals if n.endswith("_skip")]
         if skip_names:
-            e = evals[skip_names[0]]
-            maps = _ordered_maps({k: e[k] for k in e.files})
-            if maps:
-                viz.feature_maps(maps, fig / f"fig9_feature_maps_{ds}.png",
-                                 title=f"Fig. 9: decoder maps, latent path vs skip branch ({skip_names[0]}, {ds})")
+            plot_feature_maps(evals[skip_names[0]], skip_names[0], fig / f"fig9_feature_maps_{ds}.png",
+                              title=f"Fig. 9: {skip_names[0]} on {ds}")
         rows_img = [next(iter(evals.values()))["clean"]] + [e["recon"] for e in evals.values()]
         viz.reconstruction_grid(rows_img, fig / f"table3_recon_{ds}.png",
                                 row_names=["input"] + list(evals), title=f"Table 3: reconstructions, {ds}")

@@ -17,19 +17,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aeclust_jax.errors import UserError
 from aeclust_jax.train.checkpoint import Checkpointer
 from aeclust_jax.train.sharding import make_mesh, replicate, shard_rows
 from aeclust_jax.train.steps import (LossFn, make_epoch_fn, make_epoch_scan, make_train_step,
                                      steps_per_epoch)
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(UserError, RuntimeError):
     """A non-finite loss; names the epoch (1-based) and step (0-based) where it first appeared."""
 
     def __init__(self, epoch: int, step: int, value: float, last_checkpoint: int | None):
         kept = (f"the last good checkpoint (epoch {last_checkpoint}) is kept"
                 if last_checkpoint is not None else "no checkpoint was saved before it")
-        super().__init__(f"loss became {value} at epoch {epoch}, step {step}; training stopped, {kept}")
+        super().__init__(f"loss became {value} at epoch {epoch}, step {step}; training stopped, {kept}; "
+                         "lower the learning rate or change the optimizer")
         self.epoch, self.step, self.value = epoch, step, value
 
 
@@ -103,7 +105,7 @@ def fit(state, data: dict[str, np.ndarray], loss_fn: LossFn, *, batch_size: int,
         key: jax.Array, mesh=None, last_batch: str = "pad",
         eval_fn: Callable[[Any, int], dict] | None = None, eval_every: int = 1,
         checkpointer: Checkpointer | None = None, resume: bool = False,
-        history_path: str | os.PathLike | None = None, progress: bool = True,
+        history_path: str | os.PathLike | None = None, progress: bool = False,
         desc: str = "train", log_every: int = 50, scan_epoch: bool = False,
         step_hook: Callable[[int, int], None] | None = None) -> FitResult:
     """Trains ``state`` on ``data`` (dict of host arrays with the same N) for ``epochs`` epochs.

@@ -1,0 +1,218 @@
+"""The command-line tools: user errors vs bugs, argparse hygiene, help, progress output, and that
+a run failing on its data leaves nothing behind."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from aeclust_jax import cli, runs
+from aeclust_jax.cli import run_main
+from aeclust_jax.config import ConfigError, load_config
+from aeclust_jax.errors import UsageError, UserError
+from aeclust_jax.progress import Stages
+from tiny_data import TINY_S1_YAML, write_tiny_mnist
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k != "AECLUST_MANUAL_DIR"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def _run(args, **env):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          env=_env(**env), timeout=600, cwd=REPO)
+
+
+def _error_lines(text):
+    return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+# ----------------------------------------------------------------------------- errors
+
+def test_every_user_facing_error_is_a_user_error():
+    from aeclust_jax.data import (ChecksumError, DatasetError, MissingFilesError,
+                                  UnknownDatasetError)
+    from aeclust_jax.train import TrainingDivergedError
+    for cls in (UsageError, ConfigError, DatasetError, ChecksumError, MissingFilesError,
+                UnknownDatasetError, runs.RunExistsError, runs.RunDirError, TrainingDivergedError):
+        assert issubclass(cls, UserError), cls
+    # and they stay what they were, for callers that catch the builtins
+    assert issubclass(ConfigError, ValueError) and issubclass(MissingFilesError, FileNotFoundError)
+    assert issubclass(runs.RunExistsError, FileExistsError)
+
+
+def test_user_error_is_one_line_exit_2_and_a_bug_keeps_its_traceback_exit_1(tmp_path):
+    # a real CLI: an abbreviated option is refused (allow_abbrev=False), one line, exit 2
+    p = _run([str(REPO / "scripts" / "train.py"), "--model", "cae", "--epoch", "1",
+              "--out", str(tmp_path / "a")])
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "error: unrecognized arguments: --epoch 1 (see train.py --help)"]
+    assert not (tmp_path / "a").exists()
+    # a bug (KeyError, ValueError, RuntimeError from the code, not the user) is not caught
+    code = textwrap.dedent("""
+        import sys
+        from aeclust_jax.cli import run_main
+        def main(argv):
+            raise {}("internal")
+        sys.exit(run_main(main))
+    """)
+    for exc in ("KeyError", "ValueError", "RuntimeError"):
+        p = _run(["-c", code.format(exc)])
+        assert p.returncode == 1, (exc, p.stderr)
+        assert "Traceback" in p.stderr and f"{exc}: " in p.stderr and not _error_lines(p.stderr)
+
+
+@pytest.mark.parametrize("main, argv, expect", [
+    (cli.train_main, ["--model", "cae", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+    (cli.train_main, ["--model", "dsc", "--finetune-iter", "3"], "unrecognized arguments: --finetune-iter"),
+    (cli.train_main, ["--model", "mlp", "--label", "random"], "unrecognized arguments: --label"),
+    (cli.train_main, ["--model", "nope"], "unknown model 'nope'; choices: cae, cae_skip"),
+    (cli.train_main, ["--epochs", "3"], "--model is required"),
+    (cli.reproduce_main, ["s1", "--seed", "2"], "unrecognized arguments: --seed"),
+    (cli.reproduce_main, ["s3", "--seeds", "0"], "--seeds must be >= 1"),
+    (cli.reproduce_main, ["s9"], "unknown study 's9'"),
+    (cli.data_main, ["mnist", "--offlin"], "unrecognized arguments: --offlin"),
+    (cli.data_main, ["mnist", "--option", "size"], "--option expects KEY=VALUE"),
+])
+def test_usage_errors_are_one_line(main, argv, expect, capsys):
+    assert run_main(main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and expect in err, err
+
+
+def test_config_values_are_type_checked(tmp_path):
+    from aeclust_jax.studies.skip_ae import S1Config
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 2.5\n")
+    with pytest.raises(ConfigError, match="epochs in .*c.yaml must be int, got 2.5"):
+        load_config(S1Config, path)
+    path.write_text("lr: 1e-3\nepochs: 3\n")          # YAML 1.1 reads 1e-3 as a string
+    cfg = load_config(S1Config, path)
+    assert cfg.lr == 0.001 and cfg.epochs == 3
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        load_config(S1Config, None, {"lr": -1.0}).validate()
+
+
+# ----------------------------------------------------------------------------- help
+
+def test_train_help_without_model_lists_models_and_every_study(capsys):
+    assert run_main(cli.train_main, ["--help"]) == 0
+    out = capsys.readouterr().out
+    for model in cli.MODEL_STUDY:
+        assert model in out, model
+    for option in ("--noise-std", "--latent-skip", "--labels-fraction", "--encoder-widths",
+                   "--preset", "--lambda2"):
+        assert option in out, option
+    assert "--model NAME --help" in out
+
+
+def test_study_help_shows_defaults(capsys):
+    from aeclust_jax.studies.dsc import PRESETS
+    with pytest.raises(SystemExit) as e:
+        cli.train_main(["--model", "dsc", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {PRESETS['coil20'].pretrain_epochs})" in out and "(default: coil20)" in out
+    with pytest.raises(SystemExit):
+        cli.train_main(["--model", "cae", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 25)" in out and "(default: mnist)" in out and "(default: 3000)" in out
+    with pytest.raises(SystemExit):
+        cli.reproduce_main(["s3", "--help"])
+    assert "(default: 5)" in " ".join(capsys.readouterr().out.split())
+
+
+# ----------------------------------------------------------------------------- progress
+
+def test_stages_time_always_and_print_only_when_enabled(capsys):
+    timings = {}
+    quiet = Stages(False, timings=timings)
+    with quiet("tsne", "t-SNE"):
+        pass
+    with quiet("tsne", "t-SNE again"):
+        pass
+    assert capsys.readouterr().out == "" and set(timings) == {"tsne"} and timings["tsne"] >= 0
+    loud = Stages(True)
+    with loud("kmeans", "K-means (k=10)"):
+        pass
+    with pytest.raises(ZeroDivisionError):
+        with loud("metrics", "NMI"):
+            1 / 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("eval: K-means (k=10) ...") and lines[0].endswith(" s")
+    assert lines[1] == "eval: NMI ... failed"
+
+
+def test_data_preparation_is_quiet_unless_asked(tmp_path, capfd):
+    from aeclust_jax import data
+    raw = write_tiny_mnist(tmp_path / "raw", 20, 10)
+    data.prepare("mnist", data_dir=tmp_path / "quiet", manual_dir=raw, verify_checksums=False)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    data.prepare("mnist", data_dir=tmp_path / "loud", manual_dir=raw, verify_checksums=False,
+                 progress=True)
+    out, err = capfd.readouterr()
+    assert "mnist: preparing it once from its raw files" in out
+    assert "Unknown size" not in out + err and "Generating" in err   # tfds' bars, asked for
+
+
+@pytest.mark.parametrize("model", ["cae", "mlp", "dsc"])
+def test_missing_dataset_creates_no_run_folder(model, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--model", model, "--dataset", "hanja", "--out", str(out), "--no-progress"]
+    assert run_main(cli.train_main, argv) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert err.startswith("error: hanja: pass folder=") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_failed_run_leaves_nothing_then_the_corrected_call_works(tmp_path):
+    """The new user's story (issue 11): a run on missing data fails with one line and writes
+    nothing; the same command with the data in place is then accepted (no "already holds a run")
+    and prints one progress line per evaluation stage."""
+    out, data_dir = tmp_path / "run", tmp_path / "data"
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_S1_YAML)
+    argv = [str(REPO / "scripts" / "train.py"), "--model", "cae", "--dataset", "mnist",
+            "--config", str(config), "--dataset-option", "download=false",
+            "--dataset-option", "verify_checksums=false", "--out", str(out)]
+    (tmp_path / "empty").mkdir()
+    p = _run(argv + ["--no-progress"], AECLUST_MANUAL_DIR=str(tmp_path / "empty"),
+             AECLUST_DATA_DIR=str(data_dir))
+    assert p.returncode == 2, p.stderr
+    assert _error_lines(p.stderr) == [p.stderr.strip().splitlines()[-1]]
+    assert "raw file(s) not found" in p.stderr and "Traceback" not in p.stderr
+    assert p.stdout == "" and "Unknown size" not in p.stderr and "Generating" not in p.stderr
+    assert not out.exists()
+
+    write_tiny_mnist(tmp_path / "raw" / "mnist")        # $AECLUST_MANUAL_DIR/<name>/
+    p = _run(argv, AECLUST_MANUAL_DIR=str(tmp_path / "raw"), AECLUST_DATA_DIR=str(data_dir))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "mnist: preparing it once from its raw files" in p.stdout
+    assert "Unknown size" not in p.stdout + p.stderr
+    for stage in ("eval: encode 40 test images", "eval: t-SNE of 40 latents", "eval: K-means (k=10",
+                  "eval: NMI / ACC / ARI of the latent t-SNE"):
+        assert stage in p.stdout, stage
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["scale"].startswith("0-1") and 0 <= metrics["nmi"] <= 1
+    assert set(metrics["eval_seconds"]) >= {"encode", "tsne", "kmeans", "metrics"}
+
+
+def test_tables_say_their_scale():
+    from aeclust_jax.studies import dsc, pretrain, skip_ae
+    settings = {"seeds": 1, "epochs": [1], "batch_size": [32], "optimizer": "adam", "lr": None,
+                "train_limit": 0, "n_cluster": 40, "platform": "cpu", "machine": "x"}
+    header = [l for l in skip_ae.markdown_table([], settings, []).splitlines() if l.startswith("| dataset")][0]
+    assert header.count("(0-100)") == 5                # NMI/ACC/ARI columns, stored 0-1 in JSON
+    assert "ACC (0-1" in dsc.markdown_table([]) and "NMI (0-1" in dsc.markdown_table([])
+    assert "ours (0-1)" in pretrain.results_markdown([], [], [], 1, 10)
