@@ -111,6 +111,24 @@ def test_each_row_once_per_epoch(last_batch, n, bs):
                   progress=False)
 
 
+def test_shuffle_false_keeps_the_stored_order():
+    """Full batch without shuffling (DSC's C is indexed by row): each epoch's batch is the data
+    in its stored order, so an order-sensitive loss repeats exactly; shuffled, it does not."""
+    n = 12
+    v = np.arange(n, dtype=np.float32)
+
+    def loss_fn(params, batch, rng):
+        return jnp.sum(batch["v"] * jnp.arange(n)) + 0 * params["b"], {}
+
+    state = train.create_train_state(None, None, None, train.make_optimizer("sgd", 0.1),
+                                     params={"b": jnp.zeros(())})
+    kw = dict(batch_size=n, epochs=3, key=jax.random.key(0), progress=False)
+    fixed = train.fit(state, {"v": v}, loss_fn, shuffle=False, **kw)
+    assert [r["loss"] for r in fixed.history] == [float(v @ np.arange(n))] * 3
+    shuffled = train.fit(state, {"v": v}, loss_fn, **kw)
+    assert all(r["loss"] < float(v @ np.arange(n)) for r in shuffled.history)
+
+
 def test_predict_pads_and_trims():
     model = Tiny()
     data = regression_data(n=45)

@@ -6,8 +6,8 @@
     x_hat = model.apply(ae_params, x, method=DSCNet.reconstruct)   # plain AE (pretraining)
 
 Encoder: Conv k x k, stride s, SAME + ReLU per layer; decoder: the mirror image with
-ConvTranspose (SAME, stride s) + ReLU, ending at the input channels (as DSC-Net, ReLU on the
-output too). Channel attention (SE, on the latent): global average pool -> 1x1 conv to
+ConvTranspose (SAME, stride s, cropped to the encoder's sizes so any H, W works) + ReLU, ending at
+the input channels (as DSC-Net, ReLU on the output too). Channel attention (SE, on the latent): global average pool -> 1x1 conv to
 max(1, c // 4) + ReLU -> 1x1 conv to c + sigmoid -> scale. Self-expressive layer: a learned
 C (N x N), initialised to ``c_init``; z_c = C z on the flattened latents, and the decoder decodes z_c.
 """
@@ -33,20 +33,37 @@ class ConvEncoder(nn.Module):
         return x
 
 
+def stage_sizes(height: int, width: int, strides: Sequence[int]) -> list[tuple[int, int]]:
+    """Spatial sizes [(H, W), after layer 1, ..., latent] of ConvEncoder (SAME: ceil(size / s))."""
+    sizes = [(height, width)]
+    for s in strides:
+        h, w = sizes[-1]
+        sizes.append((-(-h // s), -(-w // s)))
+    return sizes
+
+
 class ConvDecoder(nn.Module):
-    """Mirror of ConvEncoder: latent (N, h, w, c) -> (N, H, W, out_channels), ReLU after each layer."""
+    """Mirror of ConvEncoder: latent (N, h, w, c) -> (N, H, W, out_channels), ReLU after each layer.
+
+    ``sizes``: the encoder's ``stage_sizes``; each ConvTranspose (SAME) outputs size x stride and
+    is cropped at the bottom/right to the matching encoder size (TF's ``conv2d_transpose`` with an
+    ``output_shape``), so any input size works; sizes divisible by the strides crop nothing.
+    """
     channels: Sequence[int]          # the encoder's channels, in encoder order
     kernel_sizes: Sequence[int]
     strides: Sequence[int]
     out_channels: int
 
     @nn.compact
-    def __call__(self, z):
+    def __call__(self, z, sizes: Sequence[tuple[int, int]] | None = None):
         outs = list(self.channels[:-1])[::-1] + [self.out_channels]
         layers = zip(outs, self.kernel_sizes[::-1], self.strides[::-1])
-        for i, (c, k, s) in enumerate(layers):
-            z = nn.relu(nn.ConvTranspose(c, (k, k), strides=(s, s), padding="SAME",
-                                         name=f"deconv{i}")(z))
+        targets = list(sizes[:-1])[::-1] if sizes is not None else [None] * len(outs)
+        for i, ((c, k, s), hw) in enumerate(zip(layers, targets)):
+            z = nn.ConvTranspose(c, (k, k), strides=(s, s), padding="SAME", name=f"deconv{i}")(z)
+            if hw is not None:
+                z = z[:, :hw[0], :hw[1]]
+            z = nn.relu(z)
         return z
 
 
@@ -94,7 +111,7 @@ class DSCNet(nn.Module):
 
     def reconstruct(self, x):
         """The plain autoencoder (no attention, no self-expression): (N, H, W, C) -> (N, H, W, C)."""
-        return self.decoder(self.encoder(x))
+        return self.decoder(self.encoder(x), stage_sizes(x.shape[1], x.shape[2], self.strides))
 
     def __call__(self, x):
         if self.n_samples is None:
@@ -106,7 +123,7 @@ class DSCNet(nn.Module):
         z4 = self.encode(x)
         z = z4.reshape(x.shape[0], -1)
         z_c = self.C @ z
-        x_hat = self.decoder(z_c.reshape(z4.shape))
+        x_hat = self.decoder(z_c.reshape(z4.shape), stage_sizes(x.shape[1], x.shape[2], self.strides))
         return x_hat, z, z_c
 
 

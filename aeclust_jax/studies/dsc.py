@@ -2,6 +2,7 @@
 
     from aeclust_jax.studies.dsc import fit_predict, preset
     labels = fit_predict(images, 20, preset("coil20"), seed=0)      # images (N, H, W, C)
+    labels = fit_predict(images, k)          # any image set: settings from auto_config
 
 Recipe (Ji et al. 2017; Baek & Yoon): pretrain the plain conv AE on reconstruction
 (``0.5 ||X - X_hat||^2``, Adam), then add the self-expressive layer C (N x N, init 1e-8) and, if
@@ -25,13 +26,12 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from aeclust_jax import runs
 from aeclust_jax.cli import make_parser, prog_name
 from aeclust_jax.config import ConfigError, load_config, to_dict
 from aeclust_jax.errors import UsageError
-from aeclust_jax.models.dsc import DSCNet, dsc_net
+from aeclust_jax.models.dsc import DSCNet, dsc_net, stage_sizes
 from aeclust_jax.progress import Stages
 
 # Images x N above this make C (N x N) and its Adam state too large to be sensible on a CPU.
@@ -104,6 +104,87 @@ def preset(name: str, **overrides: Any) -> DSCConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown DSC preset {name!r}; choices: {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)
+
+
+# DSC-Net's published settings (TF code panji530/Deep-subspace-clustering-networks, files
+# DSC-Net-L2-{COIL20,COIL100,ORL,EYaleB}.py; PyTorch port XifengGuo/DSC-Net), the anchors of
+# auto_config. m = images per cluster; lambda1 = 1 and Adam lr 1e-3 in all; our loss scale.
+#   data      image  N     K       m   kernels / channels  latent    lambda2      iters   ro    d  alpha
+#   COIL-20   32x32  1440  20      72  3 / 15              16x16x15  150          30      .04   12 8
+#   COIL-100  32x32  7200  100     72  5 / 50              16x16x50  30           120     .04   12 8
+#   ORL       32x32  400   40      10  3,3,3 / 3,3,5       4x4x5     0.2          700     .2    3  1
+#   Yale B    48x42  64K   10..38  64  5,3,3 / 10,20,30    6x6x30    10^(K/10-3)  50+25K  (*)   10 3.5
+#   (*) max(0.4 - 0.1 (K - 1) / 10, 0.1)
+AUTO_LATENT_SIDE = 16       # halve the image until its smaller side is at most this
+AUTO_MAX_CHANNELS = 64
+AUTO_LAMBDA2_MAX = 1e4
+
+
+def auto_config(image_shape: Sequence[int], n_samples: int, n_clusters: int,
+                **overrides: Any) -> DSCConfig:
+    """A DSCConfig for N = ``n_samples`` images of ``image_shape`` (H, W[, C]) in ``n_clusters``
+    clusters, by rules anchored on DSC-Net's published settings (the table above; measurements
+    and reasons in docs/s4.md). ``overrides`` (DSCConfig fields) replace the chosen values.
+
+    With m = N / K (images per cluster):
+
+    * network: L = max(1, ceil(log2(min(H, W) / 16))) conv layers of stride 2 (SAME; the
+      decoder crops, so any H, W works): the latent's smaller side is in (8, 16] (8 for a 16 px
+      image), as COIL-20 / COIL-100's 16x16 from 32x32 (ORL's 4x4 and Yale B's 6x6 are smaller:
+      on COIL-20 a 8x8x8 latent gave ACC 0.83, 16x16x4 0.90, one seed each); kernels 3
+      (COIL-20, ORL; the 5 of COIL-100 / Yale B's first layer costs 2-3x on CPU and is not
+      used); latent channels c = clip(ceil(2 d K / (h w)), 4, 64), so that the latent dimension
+      h w c is at least twice the K d dimensions of the union of subspaces (COIL-20: 16x16x4 =
+      1024 >= 2 x 240); the layers ramp up to it, c_i = max(ceil(c (i + 1) / L), min(c, 4))
+      (Yale B: 10, 20, 30).
+    * d = clip(round(m / 6), 3, 12), at most (N - 2) // K so that the rank d K + 1 < N
+      (COIL: m = 72 -> 12; Yale B: 64 -> 10 (ours 11); ORL: 10 -> 3).
+    * t = clip((m - 10) / 62, 0, 1): 0 at ORL's m = 10, 1 at COIL's m = 72.
+    * alpha (affinity power) = 1 + 7 t: ORL's 1 to COIL's 8 (Yale B's 3.5 at m = 64 is not
+      followed: on COIL-20's learned C, alpha 3.5 / d 10 gave ACC 0.83 against 0.93 with 8 / 12).
+    * ro (kept L1 mass per column of C): 0.2 (m / 10)^(log(0.2) / log(7.2)) (ORL: m = 10 ->
+      0.2; COIL: 72 -> 0.04), times max(1, 20 / K) (fewer clusters keep more, as Yale B's
+      max(0.4 - 0.1 (K - 1) / 10, 0.1); measured: 3 COIL-20 objects, ro 0.04 -> ACC 0.62, no
+      thresholding -> 1.0); at most 1 (= no thresholding).
+    * lambda1 = 1 (every anchor); lambda2 = min(10^(K / 10 - 3) * 1500^t, 1e4): Yale B's rule
+      ``reg2 = 10^(K / 10 - 3)`` (x10 per 10 more clusters, the only published rule that depends
+      on the data), its level raised log-linearly in m up to COIL-20's (150 at K = 20, m = 72),
+      capped at 1e4. Measured (docs/s4.md): with few images per cluster a small lambda2 is better
+      (K = 10, m = 8: ACC 0.99 at 0.01, 0.87 at 150), with many a large one (K = 20, m = 72:
+      1.0 at 150, 0.95 at 0.1; COIL-20 0.855 vs 0.831). COIL-100 (30 at K = 100) and ORL (0.2 at
+      K = 40) follow no K rule (their latents differ in scale).
+    * finetune_iters = max(40, round(3000 / m)): Adam moves each entry of C by about lr = 1e-3
+      per step, and an image is expressed by about m in-cluster images, so entries need ~1 / m
+      (COIL-20: 3000 / 72 -> 42, DSC-Net 30-40; ORL: 300, DSC-Net 700).
+    * pretraining as the COIL-20 preset (100 full-batch Adam epochs, lr 1e-3); fine-tune lr 1e-3.
+
+    Pure: depends only on the arguments. Raises ValueError for N < 2, K outside [2, N], or an
+    empty image.
+    """
+    if len(image_shape) not in (2, 3):
+        raise ValueError(f"image_shape must be (H, W) or (H, W, C), got {tuple(image_shape)}")
+    h, w = int(image_shape[0]), int(image_shape[1])
+    n, k = int(n_samples), int(n_clusters)
+    if min(h, w) < 1 or n < 2 or not 2 <= k <= n:
+        raise ValueError(f"auto_config needs H, W >= 1, N >= 2 and 2 <= n_clusters <= N; got "
+                         f"image_shape {tuple(image_shape)}, N {n}, n_clusters {k}")
+    m = n / k
+    layers = max(1, int(np.ceil(np.log2(min(h, w) / AUTO_LATENT_SIDE))))
+    d = int(np.clip(round(m / 6), 3, 12))
+    d = max(1, min(d, (n - 2) // k))
+    lh, lw = stage_sizes(h, w, (2,) * layers)[-1]
+    c = int(np.clip(np.ceil(2 * d * k / (lh * lw)), 4, AUTO_MAX_CHANNELS))
+    channels = tuple(max(int(np.ceil(c * (i + 1) / layers)), min(c, 4)) for i in range(layers))
+    t = float(np.clip((m - 10) / 62, 0, 1))       # 0 at ORL's m = 10, 1 at COIL's m = 72
+    alpha = 1 + 7 * t
+    ro = 0.2 * (m / 10) ** (np.log(0.04 / 0.2) / np.log(7.2)) * max(1.0, 20 / k)
+    lambda2 = float(min(10 ** (k / 10 - 3) * 1500 ** t, AUTO_LAMBDA2_MAX))
+    cfg = dict(channels=channels, kernel_sizes=(3,) * layers, strides=(2,) * layers,
+               lambda1=1.0, lambda2=lambda2, d=d, alpha=round(alpha, 4),
+               ro=round(float(min(ro, 1.0)), 4), finetune_iters=max(40, round(3000 / m)),
+               pretrain_epochs=100, pretrain_batch_size=0, pretrain_lr=1e-3, finetune_lr=1e-3)
+    cfg.update(overrides)
+    return DSCConfig(**cfg)
 
 
 # ----------------------------------------------------------------------------- core pieces
@@ -181,10 +262,16 @@ def pretrain(x: np.ndarray, config: DSCConfig, key: jax.Array, *, checkpoint_dir
     return jax.device_get(result.state.params), seconds
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_init(model: DSCNet):
+    """``jax.jit(model.init)``, one per model, so repeated runs do not compile it again."""
+    return jax.jit(model.init)
+
+
 def init_finetune_params(x: np.ndarray, ae_params: dict, config: DSCConfig, key: jax.Array):
     """DSC params (encoder/decoder from ``ae_params``, fresh attention, C = c_init) for x (N, ...)."""
     model = build_model(config, x.shape[-1], len(x))
-    params = dict(jax.jit(model.init)(key, jnp.asarray(x))["params"])
+    params = dict(_jitted_init(model)(key, jnp.asarray(x))["params"])
     missing = sorted(set(params) - {"C", "attn"} - set(ae_params))
     if missing:
         raise ValueError(f"pretrained AE params lack {missing} (was it built with this config?)")
@@ -192,57 +279,53 @@ def init_finetune_params(x: np.ndarray, ae_params: dict, config: DSCConfig, key:
     return model, params
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tx", "lambda1", "lambda2"))
-def finetune_step(params, opt_state, x, *, model: DSCNet, tx, lambda1: float, lambda2: float):
-    """One full-batch Adam step on ``dsc_loss``: -> (params, opt_state, loss, terms). x (N, H, W, C)."""
-    def loss_fn(p):
-        x_hat, z, z_c = model.apply({"params": p}, x)
-        return dsc_loss(x, x_hat, z, z_c, p["C"], lambda1, lambda2)
+@functools.lru_cache(maxsize=64)   # one loss_fn per (model, lambdas): train.fit reuses its jitted step
+def make_finetune_loss(model: DSCNet, lambda1: float, lambda2: float):
+    """``train.fit`` loss ``(params, batch, rng) -> (loss, terms)`` of ``dsc_loss``.
 
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, terms
+    ``batch["image"]`` must be the whole set (N, H, W, C) in its stored order (C is indexed by
+    row): ``fit`` with ``batch_size = N`` and ``shuffle=False`` (no padded rows, rng unused).
+    """
+    def loss_fn(params, batch, rng):
+        x = batch["image"]
+        x_hat, z, z_c = model.apply({"params": params}, x)
+        return dsc_loss(x, x_hat, z, z_c, params["C"], lambda1, lambda2)
+
+    return loss_fn
 
 
 @functools.lru_cache(maxsize=None)
 def finetune_optimizer(lr: float):
-    """Adam(lr, eps 1e-8) as TF/PyTorch default it; cached so jitted steps are reused."""
+    """Adam(lr, eps 1e-8) as TF/PyTorch default it; cached: the train state carries it as a static
+    field, so a new object per run would recompile the step."""
     from aeclust_jax import train
 
     return train.make_optimizer("adam", lr, adam_eps=1e-8)
-
-
-def make_finetune_step(model: DSCNet, config: DSCConfig):
-    """``(params, opt_state, x) -> (params, opt_state, loss, terms)`` for this model and config."""
-    return functools.partial(finetune_step, model=model, tx=finetune_optimizer(config.finetune_lr),
-                             lambda1=config.lambda1, lambda2=config.lambda2)
 
 
 def finetune(x: np.ndarray, ae_params: dict, config: DSCConfig, key: jax.Array, *,
              progress: bool = False) -> tuple[dict, list[dict]]:
     """Full-batch DSC fine-tune on x (N, H, W, C) float from pretrained ``ae_params``.
 
-    Returns (params with "C" (N, N), history: one dict of loss terms per iteration).
+    Runs through ``train.fit`` (one epoch = one full-batch Adam iteration, rows in stored order,
+    one device): a non-finite loss raises ``train.TrainingDivergedError`` naming the iteration
+    (its ``epoch``) where it first appeared, and the iterations after it are not run.
+    Returns (params with "C" (N, N), history: one dict {iter, loss, recon, reg, self_expr} per
+    iteration).
     """
     from aeclust_jax import train
 
     model, params = init_finetune_params(x, ae_params, config, key)
-    xd = jnp.asarray(x)
-    step = make_finetune_step(model, config)
-    opt_state = finetune_optimizer(config.finetune_lr).init(params)
-    history = []
-    it = range(config.finetune_iters)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="fine-tune DSC", unit="it", dynamic_ncols=True)
-    for i in it:
-        params, opt_state, loss, terms = step(params, opt_state, xd)
-        history.append({"iter": i + 1, "loss": loss, **terms})
-    history = [{k: float(v) for k, v in h.items()} for h in jax.device_get(history)]
-    bad = [h for h in history if not np.isfinite(h["loss"])]
-    if bad:
-        raise train.TrainingDivergedError(0, bad[0]["iter"], bad[0]["loss"], None)
-    return params, history
+    state = train.create_train_state(model, None, None, finetune_optimizer(config.finetune_lr),
+                                     params=params)
+    loss_fn = make_finetune_loss(model, config.lambda1, config.lambda2)
+    result = train.fit(state, {"image": x}, loss_fn, batch_size=len(x),
+                       epochs=config.finetune_iters, key=key, shuffle=False,
+                       mesh=train.make_mesh(jax.devices()[:1]), progress=progress,
+                       desc="fine-tune DSC", log_every=1)
+    history = [{"iter": r["epoch"], "loss": r["loss"],
+                **{k: r[k] for k in ("recon", "reg", "self_expr")}} for r in result.history]
+    return result.state.params, history
 
 
 def cluster_coefficients(c, n_clusters: int, config: DSCConfig, key: jax.Array):
@@ -270,19 +353,23 @@ class DSCResult:
 
 
 def run(images, n_clusters: int, config: DSCConfig | None = None, *, seed: int = 0,
-        ae_params: dict | None = None, pretrain_dir=None, progress: bool = False) -> DSCResult:
-    """Pretrain (or take ``ae_params``) -> fine-tune -> cluster, on images (N, H, W, C)."""
-    config = config or DSCConfig()
+        ae_params: dict | None = None, pretrain_dir=None, progress: bool = False,
+        **overrides: Any) -> DSCResult:
+    """Pretrain (or take ``ae_params``) -> fine-tune -> cluster, on images (N, H, W, C).
+
+    ``config=None``: ``auto_config(images.shape[1:], N, n_clusters, **overrides)``; with a
+    config, ``overrides`` (DSCConfig fields) replace its fields.
+    """
     x = as_float_images(images)
     n = len(x)
     if not 2 <= n_clusters <= n:
         raise ValueError(f"n_clusters must be in [2, {n}] for {n} images, got {n_clusters}")
     if n > MAX_SAMPLES:
         raise ValueError(f"{n} images: the self-expressive C is N x N; use at most {MAX_SAMPLES}")
-    step = int(np.prod(config.strides))
-    if x.shape[1] % step or x.shape[2] % step:
-        raise ValueError(f"image size {x.shape[1]}x{x.shape[2]} must be divisible by the product "
-                         f"of the strides {config.strides} = {step}")
+    if config is None:
+        config = auto_config(x.shape[1:], n, n_clusters, **overrides)
+    elif overrides:
+        config = dataclasses.replace(config, **overrides)
     if config.d * n_clusters + 1 >= n:
         raise ValueError(f"d * n_clusters + 1 = {config.d * n_clusters + 1} must be below the "
                          f"{n} images (lower config.d)")
@@ -302,10 +389,16 @@ def run(images, n_clusters: int, config: DSCConfig | None = None, *, seed: int =
                      history)
 
 
-def fit_predict(images, n_clusters: int, config: DSCConfig | None = None, *,
-                seed: int = 0) -> np.ndarray:
-    """Cluster labels (N,) int32 of images (N, H, W, C) (uint8, or float in [0, 1]) by DSC."""
-    return run(images, n_clusters, config, seed=seed, progress=False).labels
+def fit_predict(images, n_clusters: int, config: DSCConfig | None = None, *, seed: int = 0,
+                **overrides: Any) -> np.ndarray:
+    """Cluster labels (N,) int32 of images (N, H, W, C) (uint8, or float in [0, 1]) by DSC.
+
+    ``config=None`` (default): the network and hyperparameters come from ``auto_config`` (the
+    image shape, N and n_clusters), with ``overrides`` (DSCConfig fields, e.g.
+    ``pretrain_epochs=20``) applied; an explicit ``config`` (e.g. ``preset("coil20")``) is used
+    as given, ``overrides`` replacing its fields.
+    """
+    return run(images, n_clusters, config, seed=seed, progress=False, **overrides).labels
 
 
 # ----------------------------------------------------------------------------- one run (CLI)
@@ -333,16 +426,12 @@ def select_subset(images: np.ndarray, labels: np.ndarray, classes: int | None,
 def check_inputs(images: np.ndarray, n_clusters: int, config: DSCConfig) -> None:
     """Raises ConfigError when ``run`` would refuse these images (N, H, W, C) for this config:
     the CLIs call it before creating a run folder (``run`` checks the same)."""
-    n, h, w = images.shape[:3]
+    n = len(images)
     if not 2 <= n_clusters <= n:
         raise ConfigError(f"{n_clusters} clusters for {n} images: need 2 <= clusters <= images")
     if n > MAX_SAMPLES:
         raise ConfigError(f"{n} images: the self-expressive C is N x N; use at most {MAX_SAMPLES} "
                           "(--classes / --per-class)")
-    step = int(np.prod(config.strides))
-    if h % step or w % step:
-        raise ConfigError(f"image size {h}x{w} must be divisible by the product of the strides "
-                          f"{config.strides} = {step}")
     if config.d * n_clusters + 1 >= n:
         raise ConfigError(f"d * clusters + 1 = {config.d * n_clusters + 1} must be below the {n} "
                           "images (lower --d)")
@@ -426,8 +515,9 @@ def train_parser() -> argparse.ArgumentParser:
                     "the coil20 preset's).")
     p.add_argument("--model", default="dsc", choices=["dsc"])
     p.add_argument("--dataset", default="coil20", help="a dataset of aeclust_jax.data")
-    p.add_argument("--preset", default="coil20", choices=sorted(PRESETS),
-                   help="named hyperparameters (coil20: DSC-Net, latent 16x16x15)")
+    p.add_argument("--preset", default="coil20", choices=sorted(PRESETS) + ["auto"],
+                   help="named hyperparameters (coil20: DSC-Net, latent 16x16x15); auto: "
+                        "auto_config from the images' shape, their number and the classes")
     p.add_argument("--config", help="YAML file of DSCConfig fields, applied over the preset")
     p.add_argument("--latent-channels", type=int, help="c of the 16x16xc latent (last encoder layer)")
     p.add_argument("--attention", action=argparse.BooleanOptionalAction, default=None,
@@ -450,12 +540,20 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args) -> DSCConfig:
-    """Preset <- YAML (--config) <- command-line overrides."""
+def config_from_args(args, images: np.ndarray | None = None,
+                     labels: np.ndarray | None = None) -> DSCConfig:
+    """Preset (``auto``: ``auto_config`` of the images (N, H, W, C) and their classes) <- YAML
+    (--config) <- command-line overrides."""
     overrides = {k: getattr(args, k) for k in ("attention", "pretrain_epochs", "pretrain_batch_size",
                                                "pretrain_lr", "finetune_iters", "finetune_lr",
                                                "lambda1", "lambda2", "ro", "d", "alpha")}
-    cfg = load_config(DSCConfig, args.config, overrides, base=preset(args.preset))
+    if args.preset == "auto":
+        if images is None or labels is None:
+            raise ValueError("--preset auto needs the images and labels")
+        base = auto_config(images.shape[1:], len(images), len(np.unique(labels)))
+    else:
+        base = preset(args.preset)
+    cfg = load_config(DSCConfig, args.config, overrides, base=base)
     if args.latent_channels is not None:
         cfg = dataclasses.replace(cfg, channels=cfg.channels[:-1] + (args.latent_channels,))
     return cfg
@@ -465,11 +563,15 @@ def train_main(argv: Sequence[str]) -> int:
     from aeclust_jax.data import load
 
     args = train_parser().parse_args(list(argv))
-    cfg = config_from_args(args)
+    if args.preset != "auto":
+        config_from_args(args)         # a bad config fails before the data are loaded
+    if args.out:
+        runs.check_run_dir(args.out, resumable=False)   # and so does an occupied --out
+    ds = load(args.dataset, progress=not args.no_progress)
+    images, labels = select_subset(ds.images, ds.labels, args.classes, args.per_class)
+    cfg = config_from_args(args, images, labels)
     name = f"dsc-{args.dataset}-c{cfg.channels[-1]}{'-att' if cfg.attention else ''}-{args.seed}"
     out = runs.check_run_dir(args.out or f"runs/{name}", resumable=False)
-    ds = load(args.dataset, progress=not args.no_progress)   # config, folder, data: checked first
-    images, labels = select_subset(ds.images, ds.labels, args.classes, args.per_class)
     check_inputs(images, len(np.unique(labels)), cfg)
     out = runs.prepare_run_dir(out, resumable=False)
     m = train_and_evaluate(images, labels, cfg, out, seed=args.seed, pretrain_dir=args.pretrained,

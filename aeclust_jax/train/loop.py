@@ -107,6 +107,7 @@ def fit(state, data: dict[str, np.ndarray], loss_fn: LossFn, *, batch_size: int,
         checkpointer: Checkpointer | None = None, resume: bool = False,
         history_path: str | os.PathLike | None = None, progress: bool = False,
         desc: str = "train", log_every: int = 50, scan_epoch: bool = False,
+        shuffle: bool = True,
         step_hook: Callable[[int, int], None] | None = None) -> FitResult:
     """Trains ``state`` on ``data`` (dict of host arrays with the same N) for ``epochs`` epochs.
 
@@ -122,7 +123,9 @@ def fit(state, data: dict[str, np.ndarray], loss_fn: LossFn, *, batch_size: int,
     later checkpoint is written. ``step_hook(epoch, step)`` runs on the host after each step is
     dispatched (tests use it to kill the process mid-epoch). ``scan_epoch`` runs each epoch as
     one ``lax.scan`` (same batches, keys and result; for tiny steps where dispatch dominates;
-    no ``step_hook``, the non-finite check at the epoch's end).
+    no ``step_hook``, the non-finite check at the epoch's end). ``shuffle=False`` keeps the rows
+    in their stored order (for models whose parameters are indexed by row: DSC's self-expressive
+    C, trained full batch with ``batch_size = N``).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -144,7 +147,7 @@ def fit(state, data: dict[str, np.ndarray], loss_fn: LossFn, *, batch_size: int,
         history.path.unlink()
     state = replicate(state, mesh)
     arrays = {k: shard_rows(v, mesh) for k, v in data.items()}
-    epoch_fn = make_epoch_fn(n, batch_size, steps, mesh)
+    epoch_fn = make_epoch_fn(n, batch_size, steps, mesh, shuffle)
     train_step = make_train_step(loss_fn, mesh)
     epoch_scan = make_epoch_scan(loss_fn, mesh) if scan_epoch else None
     real = np.full(steps, batch_size, np.float64)

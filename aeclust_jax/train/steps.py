@@ -47,19 +47,20 @@ def steps_per_epoch(n: int, batch_size: int, last_batch: str) -> int:
 
 
 @lru_cache(maxsize=64)  # same args -> reuse the compiled function
-def make_epoch_fn(n: int, batch_size: int, steps: int, mesh):
+def make_epoch_fn(n: int, batch_size: int, steps: int, mesh, shuffle: bool = True):
     """Jitted ``(arrays, key) -> (batched arrays (steps, B, ...), mask (steps, B))``.
 
-    One permutation of the n real rows per epoch (``jax.random.permutation(key, n)``); with
-    padding the tail of the last batch repeats the first rows of the permutation with mask 0, so
-    every real row is seen exactly once and the padded rows contribute nothing. The output is
-    sharded along B, so each step's batch is already split over the devices.
+    One permutation of the n real rows per epoch (``jax.random.permutation(key, n)``; with
+    ``shuffle=False`` the stored order, key unused); with padding the tail of the last batch
+    repeats the first rows of the permutation with mask 0, so every real row is seen exactly once
+    and the padded rows contribute nothing. The output is sharded along B, so each step's batch is
+    already split over the devices.
     """
     total = steps * batch_size
     out_sh = batch_sharding(mesh, axis=1)
 
     def epoch(arrays, key):
-        perm = jax.random.permutation(key, n)
+        perm = jax.random.permutation(key, n) if shuffle else jnp.arange(n)
         idx = jnp.resize(perm, (total,)) if total > n else perm[:total]
         mask = (jnp.arange(total) < n).astype(jnp.float32)
         batched = {k: v[idx].reshape((steps, batch_size) + v.shape[1:]) for k, v in arrays.items()}
