@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pathlib
 import sys
 from typing import Callable, Sequence
 
@@ -147,6 +148,9 @@ def train_main(argv: Sequence[str]) -> int:
     """``aeclust-train`` / ``scripts/train.py``: dispatches to the study of ``--model``."""
     argv = list(argv)
     model = peek_option(argv, "--model")
+    if model is None and "--resume" in argv:
+        argv = _with_saved_model(argv)
+        model = peek_option(argv, "--model")
     if model is None:
         if _wants_help(argv):
             print(train_help())
@@ -154,6 +158,20 @@ def train_main(argv: Sequence[str]) -> int:
         raise UsageError(f"--model is required; choices: {', '.join(sorted(MODEL_STUDY))} "
                          f"(see {prog_name('train.py')} --help)")
     return study_module(model, MODEL_STUDY, "model").train_main(argv)
+
+
+def _with_saved_model(argv: list[str]) -> list[str]:
+    """``--resume --out RUN`` without ``--model``: the model (and dataset) of RUN/config.yaml."""
+    out = peek_option(argv, "--out")
+    saved = pathlib.Path(out or "") / "config.yaml"
+    if out is None or not saved.is_file():
+        return argv
+    import yaml
+    cfg = yaml.safe_load(saved.read_text()) or {}
+    extra = ["--model", str(cfg["model"])] if "model" in cfg else []
+    if extra and "dataset" in cfg and peek_option(argv, "--dataset") is None:
+        extra += ["--dataset", str(cfg["dataset"])]
+    return extra + argv
 
 
 # ----------------------------------------------------------------------------- aeclust-reproduce

@@ -5,14 +5,16 @@ A run folder is complete when it holds ``metrics.json``; that file is written la
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
 import tempfile
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from aeclust_jax.config import ConfigError
 from aeclust_jax.errors import UserError
 
 
@@ -120,3 +122,58 @@ def mean_std(values) -> dict[str, float]:
     """``{"mean", "std"}`` of a list of numbers (population std, ddof=0; nan-free input expected)."""
     a = np.asarray(values, dtype=np.float64)
     return {"mean": float(a.mean()), "std": float(a.std())}
+
+
+def config_diff(saved: Mapping[str, Any], new: Mapping[str, Any], *,
+                may_differ: Iterable[str] = ()) -> list[str]:
+    """``"field (saved -> new)"`` for every field outside ``may_differ`` whose value differs."""
+    skip = set(may_differ)
+    return [f"{k} ({saved.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(saved) | set(new))
+            if k not in skip and _jsonable(saved.get(k)) != _jsonable(new.get(k))]
+
+
+def check_resume_config(saved: Mapping[str, Any], new: Mapping[str, Any], where, *,
+                        may_differ: Iterable[str] = ("epochs",)) -> None:
+    """--resume: raises ConfigError naming every field (outside ``may_differ``) in which the new
+    config differs from the one saved in ``where``."""
+    diff = config_diff(saved, new, may_differ=may_differ)
+    if diff:
+        raise ConfigError(f"--resume: the config differs from {where} in {', '.join(diff)}; only "
+                          f"{', '.join(sorted(may_differ))} may change on resume (start a new --out)")
+
+
+def array_digest(array) -> str:
+    """sha1 of an array's shape, dtype and bytes: the fingerprint of a data subset."""
+    a = np.ascontiguousarray(np.asarray(array))
+    h = hashlib.sha1(f"{a.shape}{a.dtype}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def claim_artifact_dir(folder: str | os.PathLike, fields: Mapping[str, Any], what: str, *,
+                       create: bool = True) -> pathlib.Path:
+    """Ties a cache folder of an intermediate artifact to everything that determines it.
+
+    The first call writes ``folder/artifact.json`` (``fields``: config values, data digest, recipe
+    version); later calls with equal fields return the folder (reuse it), different fields raise
+    ConfigError naming them, and a non-empty folder without artifact.json is refused (its
+    provenance is unknown). Never silently reuses something built from other inputs.
+    ``create=False`` only checks (a CLI calls it before it writes anything).
+    """
+    folder = pathlib.Path(folder)
+    record = folder / "artifact.json"
+    fields = _jsonable(dict(fields))
+    if record.is_file():
+        diff = config_diff(read_json(record), fields)
+        if diff:
+            raise ConfigError(f"{what} in {folder} was built with other inputs: {', '.join(diff)}; "
+                              "use another folder or delete this one")
+        return folder
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError(f"{folder} is not empty and has no artifact.json: not a {what} folder "
+                          "made by this version; use another folder")
+    if not create:
+        return folder
+    make_dir(folder)
+    write_json(record, fields)
+    return folder

@@ -2,6 +2,7 @@
 settings on synthetic union-of-subspace images, DSC-Net's post-processing vs its published code,
 CLI on a COIL-20 subset."""
 
+import dataclasses
 import json
 import pathlib
 
@@ -390,6 +391,21 @@ def test_pretrained_weights_carry_into_finetune_and_are_cached(tmp_path):
     for part in ("encoder", "decoder"):
         jax.tree.map(np.testing.assert_array_equal, params[part], ae[part])
     assert "attn" in params and np.all(np.asarray(params["C"]) == np.float32(1e-8))
+    # the folder is tied to what built the AE: other inputs are refused, naming the fields
+    attn_off = dataclasses.replace(cfg, attention=False, finetune_iters=5)   # fine-tune only: shared
+    dsc.pretrain(x, attn_off, jax.random.key(0), checkpoint_dir=tmp_path / "pre")
+    for other, field in ((dataclasses.replace(cfg, pretrain_lr=1e-4), "pretrain_lr"),
+                         (dataclasses.replace(cfg, pretrain_epochs=4), "pretrain_epochs")):
+        with pytest.raises(ConfigError, match=field):
+            dsc.pretrain(x, other, jax.random.key(0), checkpoint_dir=tmp_path / "pre")
+    with pytest.raises(ConfigError, match="key"):
+        dsc.pretrain(x, cfg, jax.random.key(1), checkpoint_dir=tmp_path / "pre")
+    with pytest.raises(ConfigError, match="images"):
+        dsc.pretrain(x[::-1].copy(), cfg, jax.random.key(0), checkpoint_dir=tmp_path / "pre")
+    stray = tmp_path / "stray"
+    (stray / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="no artifact.json"):
+        dsc.pretrain(x, cfg, jax.random.key(0), checkpoint_dir=stray)
 
 
 def test_bad_input_and_config_errors(tmp_path):

@@ -127,6 +127,20 @@ def test_cli_end_to_end(real_manual_dir, tmp_path):
     p = _script("--model", "dae_skip", "--dataset", "mnist", "--out", str(out), *TINY)
     assert p.returncode == 2 and "already holds a run" in p.stderr and "--resume" in p.stderr
     assert (out / "metrics.json").stat().st_mtime_ns == stamp
+    # --resume refuses a changed config (naming the field), before touching anything
+    p = _script("--model", "dae_skip", "--dataset", "mnist", "--out", str(out), *TINY,
+                "--lr", "0.5", "--resume")
+    assert p.returncode == 2 and "lr (None -> 0.5)" in p.stderr, p.stderr
+    assert (out / "metrics.json").stat().st_mtime_ns == stamp
+    p = _script("--model", "dae_skip", "--dataset", "mnist", "--out", str(out), "--resume", check=True)
+    assert "nothing to do" in p.stdout and (out / "metrics.json").stat().st_mtime_ns == stamp
+    # a finished run continues to a larger --epochs from its last checkpoint
+    p = _script("--out", str(out), "--resume", "--epochs", "3", "--no-progress", check=True)
+    assert "resuming" in p.stdout and "from epoch 2 of 3" in p.stdout
+    hist3 = [json.loads(l) for l in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist3] == [1, 2, 3] and hist3[:2] == hist
+    assert runs.read_json(out / "metrics.json")["epochs"] == 3
+    assert runs.read_json(out / "metrics.epochs2.json") == m
 
 
 def test_bad_input_names_the_choices(tmp_path):
@@ -167,3 +181,20 @@ def test_reproduce_tiny(real_manual_dir, tmp_path):
     stamp = (tmp_path / "runs" / "mnist-cae-0" / "metrics.json").stat().st_mtime_ns
     assert s1.reproduce_main(args) == 0
     assert (tmp_path / "runs" / "mnist-cae-0" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_check_claims_pairs_skip_models_with_their_plain_twin():
+    stat = lambda m: {"mean": m, "std": 0.0}
+    row = lambda ds, model, psnr, nmi, nmi_ls: {"dataset": ds, "model": model, "psnr": stat(psnr),
+                                                "nmi": stat(nmi), "nmi_latent_skip": stat(nmi_ls)}
+    rows = [row("mnist", "cae", 20.0, 0.80, 0.70), row("mnist", "cae_skip", 25.5, 0.30, 0.45),
+            row("mnist", "dae", 19.0, 0.78, 0.70), row("mnist", "dae_skip", 22.0, 0.80, 0.75),
+            row("mnist", "cae_skip" + s1.TRAINED_LS, 24.0, 0.45, 0.60)]
+    claims = {c["pair"]: c for c in s1.check_claims(rows)}
+    assert set(claims) == {"cae_skip vs cae", "dae_skip vs dae"}
+    cae, dae = claims["cae_skip vs cae"], claims["dae_skip vs dae"]
+    assert cae["psnr_gain_db"] == pytest.approx(5.5) and cae["psnr_claim"]
+    assert cae["nmi_change"] == pytest.approx(-0.5) and cae["nmi_claim"]
+    assert cae["latent_skip_recovery"] == pytest.approx(0.15) and cae["recovery_claim"]
+    assert dae["psnr_gain_db"] == pytest.approx(3.0) and not dae["psnr_claim"]
+    assert not dae["nmi_claim"] and not dae["recovery_claim"]   # NMI rose: nothing to recover

@@ -221,12 +221,28 @@ def dsc_loss(x, x_hat, z, z_c, c, lambda1: float, lambda2: float):
     return total, {"recon": recon, "reg": reg, "self_expr": self_expr}
 
 
+PRETRAIN_RECIPE = 1   # bump when pretrain() changes what it computes: old folders are refused
+
+def pretrain_fields(x: np.ndarray, config: DSCConfig, key: jax.Array) -> dict:
+    """Everything that determines ``pretrain``'s AE: the encoder, the pretraining
+    hyperparameters, the images (N, H, W, C) by digest, the key and the recipe version."""
+    return {"recipe": f"dsc-pretrain-{PRETRAIN_RECIPE}", "channels": config.channels,
+            "kernel_sizes": config.kernel_sizes, "strides": config.strides,
+            "pretrain_epochs": config.pretrain_epochs,
+            "pretrain_batch_size": config.pretrain_batch_size, "pretrain_lr": config.pretrain_lr,
+            "images": {"shape": list(x.shape), "sha1": runs.array_digest(x)},
+            "key": np.asarray(jax.random.key_data(key)).tolist()}
+
+
 def pretrain(x: np.ndarray, config: DSCConfig, key: jax.Array, *, checkpoint_dir=None,
              progress: bool = False) -> tuple[dict, float]:
     """Pretrains the plain AE on x (N, H, W, C) float; returns (params, seconds of training).
 
     With ``checkpoint_dir`` the trained AE is saved there (orbax, via ``train.fit``) and a later
     call with the same folder restores it instead of training again (seconds: as first measured).
+    The folder is tied to what determines the AE (``pretrain_fields``: the encoder, the pretraining
+    hyperparameters, the images' digest, the key, the recipe version): other inputs raise
+    ConfigError naming the fields that differ, never a silent reuse.
     """
     from aeclust_jax import train
 
@@ -249,7 +265,8 @@ def pretrain(x: np.ndarray, config: DSCConfig, key: jax.Array, *, checkpoint_dir
     batch = config.pretrain_batch_size or n
     ckpt, history = None, None
     if checkpoint_dir is not None:
-        checkpoint_dir = pathlib.Path(checkpoint_dir)
+        checkpoint_dir = runs.claim_artifact_dir(checkpoint_dir, pretrain_fields(x, config, key),
+                                                 "a pretrained DSC autoencoder")
         ckpt = train.Checkpointer(checkpoint_dir / "checkpoints",
                                   every=max(1, config.pretrain_epochs // 4), keep=1)
         history = checkpoint_dir / "history.jsonl"
@@ -352,6 +369,11 @@ class DSCResult:
     history: list[dict]
 
 
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(pretrain, fine-tune, cluster) keys of ``run`` with this seed."""
+    return tuple(jax.random.split(jax.random.key(seed), 3))
+
+
 def run(images, n_clusters: int, config: DSCConfig | None = None, *, seed: int = 0,
         ae_params: dict | None = None, pretrain_dir=None, progress: bool = False,
         **overrides: Any) -> DSCResult:
@@ -373,7 +395,7 @@ def run(images, n_clusters: int, config: DSCConfig | None = None, *, seed: int =
     if config.d * n_clusters + 1 >= n:
         raise ValueError(f"d * n_clusters + 1 = {config.d * n_clusters + 1} must be below the "
                          f"{n} images (lower config.d)")
-    k_pre, k_fine, k_cluster = jax.random.split(jax.random.key(seed), 3)
+    k_pre, k_fine, k_cluster = run_keys(seed)
     pre_s = 0.0
     if ae_params is None:
         ae_params, pre_s = pretrain(x, config, k_pre, checkpoint_dir=pretrain_dir,
@@ -532,8 +554,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, help="use only the first K classes (default: all)")
     p.add_argument("--per-class", type=int, help="use only M evenly spaced images per class (default: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pretrained", help="folder to keep/reuse the pretrained AE (same config and "
-                                        "seed: attention on/off can share it)")
+    p.add_argument("--pretrained", help="folder to keep/reuse the pretrained AE; it is tied to the "
+                                        "encoder, pretraining options, images and seed that built "
+                                        "it (other inputs are refused; attention on/off share it)")
     p.add_argument("--out", help="run folder (default runs/dsc-<dataset>-c<c>[-att]-<seed>)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars or lines (data preparation, training, evaluation stages)")
@@ -573,6 +596,10 @@ def train_main(argv: Sequence[str]) -> int:
     name = f"dsc-{args.dataset}-c{cfg.channels[-1]}{'-att' if cfg.attention else ''}-{args.seed}"
     out = runs.check_run_dir(args.out or f"runs/{name}", resumable=False)
     check_inputs(images, len(np.unique(labels)), cfg)
+    if args.pretrained:
+        runs.claim_artifact_dir(args.pretrained, pretrain_fields(as_float_images(images), cfg,
+                                                                 run_keys(args.seed)[0]),
+                                "a pretrained DSC autoencoder", create=False)
     out = runs.prepare_run_dir(out, resumable=False)
     m = train_and_evaluate(images, labels, cfg, out, seed=args.seed, pretrain_dir=args.pretrained,
                            extra={"dataset": args.dataset}, progress=not args.no_progress)
