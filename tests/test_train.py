@@ -251,3 +251,21 @@ def test_two_cpu_devices_give_the_same_losses(tmp_path):
     a, b = np.load(tmp_path / "one" / "params.npz"), np.load(tmp_path / "two" / "params.npz")
     for k in a.files:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_steps_live_as_long_as_their_loss_fn():
+    import gc
+    import weakref
+
+    from aeclust_jax.train.steps import make_epoch_scan, make_train_step
+
+    mesh = train.make_mesh()
+    loss = regression_loss(nn.Dense(1))
+    step = make_train_step(loss, mesh)
+    assert make_train_step(loss, mesh) is step                       # same loss_fn: reused
+    assert make_epoch_scan(loss, mesh) is make_epoch_scan(loss, mesh)
+    assert make_train_step(regression_loss(nn.Dense(1)), mesh) is not step   # another run's closure
+    dead = weakref.ref(step)
+    del step, loss
+    gc.collect()
+    assert dead() is None                                            # freed with its loss_fn

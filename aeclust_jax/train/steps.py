@@ -78,40 +78,59 @@ def _step(loss_fn: LossFn, state, batched, mask, s, epoch_key):
     return state.apply_gradients(grads=grads), loss, aux
 
 
-@lru_cache(maxsize=64)  # same args -> reuse the compiled function
+def _memo_on(loss_fn: LossFn, key, build: Callable):
+    """``build()`` memoised on the loss function object itself, so a compiled step lives exactly
+    as long as its loss_fn: a per-run closure frees it with the run (an lru_cache kept up to 64
+    dead runs' executables and never hit), a loss_fn kept across runs (DSC's) reuses it. Objects
+    without a ``__dict__`` are not memoised."""
+    store = getattr(loss_fn, "__dict__", None)
+    if store is None:
+        return build()
+    memo = store.setdefault("_aeclust_compiled", {})
+    if key not in memo:
+        memo[key] = build()
+    return memo[key]
+
+
 def make_train_step(loss_fn: LossFn, mesh):
     """Jitted ``(state, batched, mask, step_index, epoch_key) -> (state, loss, aux)``.
 
     The batch is row ``step_index`` of the epoch arrays; the step's rng is
     ``fold_in(epoch_key, step_index)``. The incoming state is donated.
     """
-    rep = replicated(mesh)
+    def build():
+        rep = replicated(mesh)
 
-    @partial(jax.jit, donate_argnums=(0,), out_shardings=(rep, rep, rep))
-    def train_step(state, batched, mask, s, epoch_key):
-        return _step(loss_fn, state, batched, mask, s, epoch_key)
+        @partial(jax.jit, donate_argnums=(0,), out_shardings=(rep, rep, rep))
+        def train_step(state, batched, mask, s, epoch_key):
+            return _step(loss_fn, state, batched, mask, s, epoch_key)
 
-    return train_step
+        return train_step
+
+    return _memo_on(loss_fn, ("step", mesh), build)
 
 
-@lru_cache(maxsize=64)  # same args -> reuse the compiled function
 def make_epoch_scan(loss_fn: LossFn, mesh):
     """Jitted ``(state, batched, mask, epoch_key) -> (state, losses (steps,), aux of (steps,))``:
     all steps of an epoch in one ``lax.scan``, with the same batches and keys as
     ``make_train_step`` called for s = 0..steps-1. One dispatch per epoch: worth it when a step
     is so small that Python dispatch dominates (S3's MLPs at batch 10: 3.4x, docs/s3.md); for the
     conv AEs at batch 128 a scanned epoch measured slower (design notes: 0.30x)."""
-    rep = replicated(mesh)
+    def build():
+        rep = replicated(mesh)
 
-    @partial(jax.jit, donate_argnums=(0,), out_shardings=(rep, rep, rep))
-    def run_epoch(state, batched, mask, epoch_key):
-        def body(state, s):
-            state, loss, aux = _step(loss_fn, state, batched, mask, s, epoch_key)
-            return state, (loss, aux)
-        state, (losses, auxes) = jax.lax.scan(body, state, jnp.arange(mask.shape[0], dtype=jnp.int32))
-        return state, losses, auxes
+        @partial(jax.jit, donate_argnums=(0,), out_shardings=(rep, rep, rep))
+        def run_epoch(state, batched, mask, epoch_key):
+            def body(state, s):
+                state, loss, aux = _step(loss_fn, state, batched, mask, s, epoch_key)
+                return state, (loss, aux)
+            state, (losses, auxes) = jax.lax.scan(body, state,
+                                                  jnp.arange(mask.shape[0], dtype=jnp.int32))
+            return state, losses, auxes
 
-    return run_epoch
+        return run_epoch
+
+    return _memo_on(loss_fn, ("scan", mesh), build)
 
 
 def predict(fn: Callable, params, arrays: dict[str, np.ndarray], *, batch_size: int, mesh,
