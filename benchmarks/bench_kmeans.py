@@ -55,7 +55,7 @@ def ours_vmap(x, key):
 
 def bench(case: str, repeat: int) -> dict:
     x, desc = data(case)
-    key = jax.random.PRNGKey(0)
+    key = jax.random.key(0)
     out = {"data": desc}
 
     ours = lambda: kmeans(x, K_CLUSTERS, key=key, n_init=N_INIT, max_iter=MAX_ITER, tol=TOL)  # noqa: E731

@@ -71,7 +71,7 @@ def main(argv=None):
     c, y = data()
     res = {"benchmark": "spectral", "n": len(y), "k": K, "machine": machine()}
     L = np.asarray(dsc_affinity(c, K, d=D, alpha=ALPHA, ro=RO))
-    key = jax.random.PRNGKey(0)
+    key = jax.random.key(0)
 
     ours = lambda: spectral(L, K, key=key)  # noqa: E731
     res["ours_first_call_s"], _ = first_call(ours)
