@@ -67,16 +67,37 @@ def _is_traced(*xs) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in xs)
 
 
+def _host_labels(v, name: str):
+    """Labels (N,) as an integer array: integer jax/numpy arrays as they are (traceable); any other
+    labels scikit-learn accepts (floats, strings, bools, lists of those) as a numpy array."""
+    if isinstance(v, jax.Array):
+        if v.ndim != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {v.shape}")
+        if jnp.issubdtype(v.dtype, jnp.integer) or not _is_traced(v):
+            return v
+        raise ValueError(f"{name}: non-integer labels ({v.dtype}) are relabelled on the host and "
+                         "cannot be traced; pass integer labels under jit/vmap")
+    v = np.asarray(v)
+    if v.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {v.shape}")
+    if v.dtype.kind in "fc" and not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return v
+
+
 def _check_pair(labels_true, labels_pred):
-    t, p = jnp.asarray(labels_true), jnp.asarray(labels_pred)
-    if t.ndim != 1 or p.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shapes {t.shape} and {p.shape}")
+    """Two labelings (N,) -> two integer jax arrays (N,). Integer arrays pass unchanged (the
+    traceable path); other labels (floats, strings, bools) are mapped to 0..K-1 on the host by
+    ``np.unique(return_inverse=True)``, which keeps every metric's value."""
+    t, p = _host_labels(labels_true, "labels_true"), _host_labels(labels_pred, "labels_pred")
     if t.shape != p.shape:
         raise ValueError(f"labels_true and labels_pred differ in length: {t.shape[0]} != {p.shape[0]}")
-    for name, v in (("labels_true", t), ("labels_pred", p)):
+    out = []
+    for v in (t, p):
         if not jnp.issubdtype(v.dtype, jnp.integer):
-            raise ValueError(f"{name} must hold integers, got dtype {v.dtype}")
-    return t, p
+            v = np.unique(np.asarray(v), return_inverse=True)[1].reshape(-1).astype(np.int32)
+        out.append(jnp.asarray(v))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +170,8 @@ def contingency_matrix(labels_true, labels_pred) -> np.ndarray:
     """Contingency table (Ka, Kb) int64 numpy of two labelings (N,); rows follow the sorted unique
     values of ``labels_true``, columns those of ``labels_pred``. Eager (K is data dependent)."""
     t, p = _check_pair(labels_true, labels_pred)
+    if t.shape[0] == 0:
+        return np.zeros((0, 0), np.int64)
     plan = _range_plan(t, p)
     tp, pp, lo_t, lo_p, rt, rp = plan
     table = np.asarray(_range_table(tp, pp, t.shape[0], lo_t, lo_p, rt, rp)).astype(np.int64)
@@ -194,11 +217,14 @@ def _stats_sorted(t, p) -> _Stats:
                   jnp.asarray(N, f), t_run[-1] + 1, p_run[-1] + 1)
 
 
-def _metric(formula, labels_true, labels_pred, *args):
-    """Evaluates formula(stats, *args) on the pair statistics, eagerly (dense) or traced (sorted)."""
+def _metric(formula, empty, labels_true, labels_pred, *args):
+    """Evaluates formula(stats, *args) on the pair statistics, eagerly (dense) or traced (sorted).
+
+    Two empty labelings are the same (empty) partition: ``empty`` is returned (1.0 everywhere,
+    sklearn's answer for NMI and ARI)."""
     t, p = _check_pair(labels_true, labels_pred)
     if t.shape[0] == 0:
-        raise ValueError("labels are empty")
+        return jax.tree.map(lambda v: jnp.asarray(v, _float()), empty)
     if _is_traced(t, p):
         return formula(_stats_sorted(t, p), *args)
     plan = _range_plan(t, p)
@@ -317,12 +343,12 @@ def nmi(labels_true, labels_pred, average: str = "arithmetic") -> jax.Array:
     """
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
-    return _metric(_nmi_from_stats, labels_true, labels_pred, average)
+    return _metric(_nmi_from_stats, 1.0, labels_true, labels_pred, average)
 
 
 def ari(labels_true, labels_pred) -> jax.Array:
     """Adjusted Rand index of two labelings (N,) = sklearn's adjusted_rand_score. Scalar."""
-    return _metric(_ari_from_stats, labels_true, labels_pred)
+    return _metric(_ari_from_stats, 1.0, labels_true, labels_pred)
 
 
 def pairwise_prf(labels_true, labels_pred) -> PRF:
@@ -331,7 +357,7 @@ def pairwise_prf(labels_true, labels_pred) -> PRF:
     precision = pairs together in both / pairs together in the prediction; recall = ... / pairs
     together in the truth. A side with no pairs at all (all singletons) counts as 1.0.
     """
-    return _metric(_pairwise_from_stats, labels_true, labels_pred)
+    return _metric(_pairwise_from_stats, PRF(1.0, 1.0, 1.0), labels_true, labels_pred)
 
 
 def pairwise_f(labels_true, labels_pred) -> jax.Array:
@@ -344,7 +370,7 @@ def bcubed_prf(labels_true, labels_pred) -> PRF:
 
     precision(e) = |cluster(e) & class(e)| / |cluster(e)|, recall(e) = ... / |class(e)|.
     """
-    return _metric(_bcubed_from_stats, labels_true, labels_pred)
+    return _metric(_bcubed_from_stats, PRF(1.0, 1.0, 1.0), labels_true, labels_pred)
 
 
 def bcubed_f(labels_true, labels_pred) -> jax.Array:
@@ -354,15 +380,16 @@ def bcubed_f(labels_true, labels_pred) -> jax.Array:
 
 def purity(labels_true, labels_pred) -> jax.Array:
     """Purity: fraction of items in the majority class of their predicted cluster. Scalar."""
-    return _metric(_purity_from_stats, labels_true, labels_pred)
+    return _metric(_purity_from_stats, 1.0, labels_true, labels_pred)
 
 
 def acc(labels_true, labels_pred) -> float:
     """Clustering accuracy under the best one-to-one cluster -> class map (Hungarian).
 
-    Labels (N,) with any int values; the numbers of clusters and classes may differ (clusters left
-    unmatched count as errors). Eager only: scipy's linear_sum_assignment runs on the host on the
-    Ka x Kb contingency table. Returns a Python float in [0, 1].
+    Labels (N,) of any values (ints, floats, strings); the numbers of clusters and classes may
+    differ (clusters left unmatched count as errors). Eager only: scipy's linear_sum_assignment
+    runs on the host on the Ka x Kb contingency table. Returns a Python float; two empty
+    labelings give 1.0 (like nmi / ari).
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -370,14 +397,25 @@ def acc(labels_true, labels_pred) -> float:
         raise TypeError("acc runs the Hungarian assignment on the host and cannot be traced "
                         "(call it outside jit/vmap)")
     table = contingency_matrix(labels_true, labels_pred)
+    if table.size == 0:
+        return 1.0
     rows, cols = linear_sum_assignment(table, maximize=True)
     return float(table[rows, cols].sum() / table.sum())
 
 
 def accuracy(labels_true, labels_pred) -> jax.Array:
-    """Classification accuracy: mean of labels_true == labels_pred over (N,). Scalar."""
-    t, p = _check_pair(labels_true, labels_pred)
-    return jnp.mean((t == p).astype(_float()))
+    """Classification accuracy: mean of labels_true == labels_pred over (N,). Scalar.
+
+    Any label values (compared as given, on the host unless both are integer arrays); empty
+    labels raise ValueError, as sklearn's accuracy_score."""
+    t, p = _host_labels(labels_true, "labels_true"), _host_labels(labels_pred, "labels_pred")
+    if t.shape != p.shape:
+        raise ValueError(f"labels_true and labels_pred differ in length: {t.shape[0]} != {p.shape[0]}")
+    if t.shape[0] == 0:
+        raise ValueError("accuracy: labels are empty")
+    if jnp.issubdtype(t.dtype, jnp.integer) and jnp.issubdtype(p.dtype, jnp.integer):
+        return jnp.mean((jnp.asarray(t) == jnp.asarray(p)).astype(_float()))
+    return jnp.asarray(np.mean(np.asarray(t) == np.asarray(p)), _float())
 
 
 def psnr(x, y, max_val: float = 1.0, axis=None) -> jax.Array:

@@ -7,21 +7,21 @@ from sklearn.cluster import SpectralClustering
 from sklearn.metrics import adjusted_rand_score
 
 from aeclust_jax import metrics
-from aeclust_jax.cluster import dsc_affinity, spectral
+from aeclust_jax.cluster import dsc_affinity, spectral, spectral_embedding
 from aeclust_jax.cluster._spectral import threshold_columns
 from aeclust_jax.cluster.reference import post_proC_affinity, thrC
 
 
-def subspace_data(k=4, per=40, dim=4, seed=0):
+def subspace_data(n_clusters=4, per=40, dim=4, seed=0):
     """A self-expression-like C (N, N): block diagonal, each block a random rank-`dim` PSD matrix
     (distinct, well separated singular values), plus small dense noise; labels (N,)."""
     rng = np.random.default_rng(seed)
-    n = k * per
+    n = n_clusters * per
     C = 1e-3 * rng.normal(size=(n, n))
-    for i in range(k):
+    for i in range(n_clusters):
         w = rng.normal(size=(per, dim)) * rng.uniform(0.5, 2.0, dim)
         C[i * per:(i + 1) * per, i * per:(i + 1) * per] += w @ w.T / per
-    return C, np.repeat(np.arange(k), per)
+    return C, np.repeat(np.arange(n_clusters), per)
 
 
 def test_threshold_columns_matches_thrC():
@@ -65,7 +65,22 @@ def test_spectral_noisy_blocks_agree_with_sklearn():
     assert metrics.acc(y, ours) >= metrics.acc(y, ref) - 0.02
 
 
+def test_n_clusters_keyword_and_deprecated_k():
+    C, _ = subspace_data(seed=2)
+    L = dsc_affinity(C, n_clusters=4, d=4, ro=0.3)
+    with pytest.warns(DeprecationWarning, match="n_clusters"):
+        np.testing.assert_array_equal(dsc_affinity(C, k=4, d=4, ro=0.3), L)
+    labels = spectral(L, n_clusters=4, key=0)
+    np.testing.assert_array_equal(spectral(L, 4, key=jax.random.key(0)), labels)  # int = key
+    with pytest.warns(DeprecationWarning, match="n_clusters"):
+        np.testing.assert_array_equal(spectral(L, k=4, key=0), labels)
+    with pytest.warns(DeprecationWarning, match="n_components"):
+        np.testing.assert_array_equal(spectral_embedding(L, k=4), spectral_embedding(L, n_components=4))
+
+
 def test_bad_input():
+    with pytest.raises(ValueError, match="n_clusters must be"):
+        spectral(np.ones((3, 3)), 4, key=0)
     with pytest.raises(ValueError, match="square"):
         spectral(np.ones((3, 4)), 2, key=0)
     with pytest.raises(ValueError, match="non-negative"):

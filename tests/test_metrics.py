@@ -1,5 +1,7 @@
-"""Parity of aeclust_jax.metrics with scikit-learn / skimage on random and edge-case labelings."""
+"""Parity of aeclust_jax.metrics with scikit-learn / skimage on random and edge-case labelings;
+acc against a brute-force oracle (every one-to-one map of clusters to classes)."""
 
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -9,7 +11,6 @@ import jax
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from scipy.optimize import linear_sum_assignment
 from skimage.metrics import peak_signal_noise_ratio
 from sklearn import metrics as skm
 
@@ -25,13 +26,40 @@ def labelings(max_n=200):
         hnp.arrays(np.int32, n, elements=st.integers(0, 7))))
 
 
-def ref_acc(t, p):
+BRUTE_MAX_LABELS = 8   # 8! = 40320 maps
+
+
+def brute_acc(t, p):
+    """Oracle: the best fraction of items whose cluster maps to their class, maximised over every
+    one-to-one map (itertools.permutations) of the m = max(classes, clusters) labels; clusters or
+    classes left over (mapped to a padding label) count as errors. Small label sets only."""
     _, ti = np.unique(t, return_inverse=True)
     _, pi = np.unique(p, return_inverse=True)
-    table = np.zeros((ti.max() + 1, pi.max() + 1))
-    np.add.at(table, (ti, pi), 1)
-    r, c = linear_sum_assignment(-table)
-    return table[r, c].sum() / len(t)
+    m = max(ti.max(), pi.max()) + 1
+    assert m <= BRUTE_MAX_LABELS, m
+    table = np.zeros((m, m), np.int64)
+    np.add.at(table, (ti, pi), 1)                     # padding rows/columns stay 0
+    maps = np.array(list(itertools.permutations(range(m))))      # class i <-> cluster maps[:, i]
+    return table[np.arange(m), maps].sum(1).max() / len(t)
+
+
+def check_acc(t, p):
+    """acc = the brute-force oracle on small label sets; on larger ones (no oracle affordable)
+    the bounds any one-to-one map obeys: at most purity either way, at least the greedy map."""
+    got = M.acc(t, p)
+    if max(len(np.unique(t)), len(np.unique(p))) <= BRUTE_MAX_LABELS:
+        assert got == pytest.approx(brute_acc(t, p), abs=1e-12)
+        return
+    assert got <= min(ref_purity(t, p), ref_purity(p, t)) + 1e-12
+    used, hits = set(), 0
+    for c in np.unique(p):              # greedy: each cluster takes its best free class
+        classes, counts = np.unique(t[p == c], return_counts=True)
+        free = [(n, k) for k, n in zip(classes, counts) if k not in used]
+        if free:
+            n, k = max(free)
+            used.add(k)
+            hits += n
+    assert got >= hits / len(t) - 1e-12
 
 
 def ref_pairwise(t, p):
@@ -62,7 +90,7 @@ def check_all(t, p):
         assert float(M.nmi(t, p, avg)) == pytest.approx(
             skm.normalized_mutual_info_score(t, p, average_method=avg), abs=ATOL), avg
     assert float(M.ari(t, p)) == pytest.approx(skm.adjusted_rand_score(t, p), abs=ATOL)
-    assert M.acc(t, p) == pytest.approx(ref_acc(t, p), abs=1e-12)
+    check_acc(t, p)
     assert float(M.purity(t, p)) == pytest.approx(ref_purity(t, p), abs=ATOL)
     np.testing.assert_allclose(np.array(M.pairwise_prf(t, p)), ref_pairwise(t, p), atol=ATOL)
     np.testing.assert_allclose(np.array(M.bcubed_prf(t, p)), ref_bcubed(t, p), atol=ATOL)
@@ -108,6 +136,66 @@ def test_edge_cases(t, p):
     check_all(np.array(t), np.array(p))
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 30).flatmap(lambda n: st.tuples(
+    hnp.arrays(np.int64, n, elements=st.integers(0, 4) | st.just(-7)),     # up to 6 classes
+    hnp.arrays(np.int32, n, elements=st.integers(0, 6) | st.just(99)))))    # up to 8 clusters
+def test_acc_matches_brute_force(tp):
+    t, p = tp
+    assert M.acc(t, p) == pytest.approx(brute_acc(t, p), abs=1e-12)
+    assert M.acc(p, t) == pytest.approx(brute_acc(p, t), abs=1e-12)
+
+
+@pytest.mark.parametrize("t, p, want", [
+    ([0, 0, 1, 1, 2, 2], [5, 5, 6, 6, 6, 6], 4 / 6),          # fewer clusters than classes
+    ([0, 0, 0, 1, 1, 1], [0, 0, 1, 2, 2, 3], 4 / 6),          # more clusters than classes
+    ([0, 1, 2, 0, 1, 2], [1, 2, 0, 1, 2, 0], 1.0),            # a pure relabelling
+    ([0, 0, 0, 0], [0, 1, 2, 3], 1 / 4),                      # all singletons
+    ([7, 7, 8, 8, 9], [1, 1, 1, 2, 2], 3 / 5),
+])
+def test_acc_known_answers(t, p, want):
+    assert brute_acc(np.array(t), np.array(p)) == pytest.approx(want)   # the oracle itself
+    assert M.acc(t, p) == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:Clustering metrics expects discrete values")  # sklearn's
+@pytest.mark.parametrize("t, p", [
+    ([0., 1., 0.], [42., 7., 42.]),                          # floats: sklearn gives 1.0
+    ([0.5, 1.5, 0.5, 2.5], [3.25, 3.25, -1.0, 0.0]),
+    (["a", "b", "a", "c"], ["x", "x", "y", "y"]),            # strings
+    ([True, False, True, True], [1, 2, 1, 2]),               # bools vs ints
+    ([1, "a", 1, "a"], [0.5, 0.5, 2.0, 2.0]),                # mixed (numpy: strings)
+    (np.array([3, 1, 3, 2], np.uint8), [0., 0., 1., 1.]),
+])
+def test_any_label_values_like_sklearn(t, p):
+    for a in M.AVERAGES:
+        assert float(M.nmi(t, p, a)) == pytest.approx(
+            skm.normalized_mutual_info_score(t, p, average_method=a), abs=ATOL)
+    assert float(M.ari(t, p)) == pytest.approx(skm.adjusted_rand_score(t, p), abs=ATOL)
+    assert M.acc(t, p) == pytest.approx(brute_acc(np.asarray(t), np.asarray(p)), abs=1e-12)
+    np.testing.assert_array_equal(M.contingency_matrix(t, p), skm.cluster.contingency_matrix(t, p))
+    assert float(M.accuracy(t, p)) == pytest.approx(np.mean(np.asarray(t) == np.asarray(p)))
+    # the other metrics see the same partitions as with integer codes
+    ti, pi = (np.unique(np.asarray(v), return_inverse=True)[1] for v in (t, p))
+    assert float(M.purity(t, p)) == pytest.approx(ref_purity(ti, pi), abs=ATOL)
+    np.testing.assert_allclose(np.array(M.pairwise_prf(t, p)), ref_pairwise(ti, pi), atol=ATOL)
+    np.testing.assert_allclose(np.array(M.bcubed_prf(t, p)), ref_bcubed(ti, pi), atol=ATOL)
+
+
+def test_empty_labels_like_sklearn():
+    for t, p in (([], []), (np.array([], np.int32), np.array([], np.int64)),
+                 (np.array([], str), np.array([], float))):
+        for a in M.AVERAGES:
+            assert float(M.nmi(t, p, a)) == skm.normalized_mutual_info_score(t, p, average_method=a) == 1.0
+        assert float(M.ari(t, p)) == skm.adjusted_rand_score(t, p) == 1.0
+        assert M.contingency_matrix(t, p).shape == skm.cluster.contingency_matrix(t, p).shape == (0, 0)
+        # no sklearn counterpart: two empty partitions agree fully, like nmi / ari
+        assert M.acc(t, p) == 1.0 and float(M.purity(t, p)) == 1.0
+        assert np.array(M.pairwise_prf(t, p)).tolist() == [1.0, 1.0, 1.0]
+        assert np.array(M.bcubed_prf(t, p)).tolist() == [1.0, 1.0, 1.0]
+    assert float(jax.jit(M.ari)(np.zeros(0, np.int32), np.zeros(0, np.int32))) == 1.0
+
+
 def test_vmap_over_labelings():
     rng = np.random.default_rng(0)
     t, p = rng.integers(0, 4, (3, 50)), rng.integers(0, 3, (3, 50))
@@ -118,11 +206,11 @@ def test_vmap_over_labelings():
 def test_large_labels_no_quadratic_memory():
     rng = np.random.default_rng(1)
     n = 2_000_000
-    t = rng.integers(0, 10, n)
-    p = np.where(rng.random(n) < 0.7, t, rng.integers(0, 12, n))
+    t = rng.integers(0, 6, n)                 # 6 classes, 8 clusters: the oracle stays cheap
+    p = np.where(rng.random(n) < 0.7, (t + 3) % 8, rng.integers(0, 8, n))
     assert float(M.nmi(t, p)) == pytest.approx(skm.normalized_mutual_info_score(t, p), abs=1e-4)
     assert float(M.ari(t, p)) == pytest.approx(skm.adjusted_rand_score(t, p), abs=1e-4)
-    assert M.acc(t, p) == pytest.approx(ref_acc(t, p), abs=1e-9)
+    assert M.acc(t, p) == pytest.approx(brute_acc(t, p), abs=1e-9)
 
 
 def test_float64_subprocess():
@@ -148,8 +236,14 @@ def test_float64_subprocess():
 def test_bad_input():
     with pytest.raises(ValueError, match="differ in length"):
         M.nmi([0, 1], [0, 1, 2])
-    with pytest.raises(ValueError, match="integers"):
-        M.ari([0.5, 1.0], [0, 1])
+    with pytest.raises(ValueError, match="NaN"):
+        M.ari([0.5, np.nan], [0, 1])                   # sklearn: "Input contains NaN"
+    with pytest.raises(ValueError, match="1-D"):
+        M.nmi(np.zeros((2, 2), int), np.zeros((2, 2), int))
+    with pytest.raises(ValueError, match="cannot be traced"):
+        jax.jit(M.nmi)(np.array([0.0, 1.0]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="empty"):
+        M.accuracy([], [])                              # as sklearn's accuracy_score
     with pytest.raises(ValueError, match="average must be one of"):
         M.nmi([0, 1], [0, 1], average="harmonic")
     with pytest.raises(TypeError, match="cannot be traced"):
@@ -174,3 +268,44 @@ def test_psnr_identical_is_inf_and_shape_checked():
     assert np.all(np.isinf(np.asarray(M.psnr(x, x))))
     with pytest.raises(ValueError, match="differ in shape"):
         M.psnr(x, x[:1])
+
+
+# Cases adapted from scikit-learn's sklearn/metrics/cluster/tests/test_supervised.py (the inputs
+# its ARI/NMI tests use, checked here against sklearn's own answers).
+SKLEARN_SUPERVISED_CASES = [
+    ([], []),                                                         # empty: 1.0
+    ([1], [1]), ([0, 0, 0], [0, 0, 0]), ([0, 1, 2], [0, 1, 2]),       # trivial agreements
+    ([0, 0, 0], [0, 1, 2]), ([0, 1, 2], [0, 0, 0]),                   # one side all alike
+    ([0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1]),                         # perfect
+    ([0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0]),                         # perfect, permuted
+    ([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]),                         # homogeneous, incomplete
+    ([0, 0, 1, 1, 2, 2], [0, 0, 0, 1, 1, 1]),
+    ([0, 0, 0, 1, 1, 1], [0, 1, 0, 1, 0, 1]),                         # independent
+    ([0., 1., 0.], [42., 7., 42.]),                                   # float labels
+    ([0, 0, 0, 1, 1, 1, 2, 2, 2], [2, 2, 2, 0, 0, 0, 1, 1, 1]),
+    ([0, 0, 0, 1, 1, 1, 2, 2, 2], [0, 0, 1, 1, 2, 2, 2, 2, 2]),
+    ([1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3], [1, 1, 1, 1, 2, 2, 3, 3, 3, 3, 3, 3]),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Clustering metrics expects discrete values")
+@pytest.mark.parametrize("t, p", SKLEARN_SUPERVISED_CASES)
+def test_sklearn_supervised_cases(t, p):
+    assert float(M.ari(t, p)) == pytest.approx(skm.adjusted_rand_score(t, p), abs=ATOL)
+    for a in M.AVERAGES:
+        assert float(M.nmi(t, p, a)) == pytest.approx(
+            skm.normalized_mutual_info_score(t, p, average_method=a), abs=ATOL)
+
+
+def test_sklearn_adjustment_for_chance_and_zero_information():
+    rng = np.random.default_rng(42)
+    for n_clusters in (2, 10, 50, 90):       # ARI of random labelings is ~0, as sklearn's
+        t, p = rng.integers(0, n_clusters, (2, 100))
+        assert float(M.ari(t, p)) == pytest.approx(skm.adjusted_rand_score(t, p), abs=ATOL)
+    for i in np.logspace(1, 4, 4).astype(int):   # one cluster vs all singletons: NMI exactly 0
+        t, p = np.ones(i, int), np.arange(i)
+        for a in M.AVERAGES:
+            assert float(M.nmi(t, p, a)) == skm.normalized_mutual_info_score(t, p, average_method=a) == 0.0
+    n = 100_000                                  # pair counts beyond int32 (sklearn's overflow test)
+    t = rng.integers(0, 3, n); p = np.where(rng.random(n) < 0.9, t, rng.integers(0, 3, n))
+    assert float(M.ari(t, p)) == pytest.approx(skm.adjusted_rand_score(t, p), abs=1e-4)
