@@ -124,6 +124,21 @@ def mean_std(values) -> dict[str, float]:
     return {"mean": float(a.mean()), "std": float(a.std())}
 
 
+def write_config(path: str | os.PathLike, config: Mapping[str, Any]) -> None:
+    """A run's ``config.yaml`` (atomic; tuples become lists, keys in the given order)."""
+    import yaml
+    atomic_write_text(path, yaml.safe_dump(_jsonable(dict(config)), sort_keys=False))
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping in a run's ``config.yaml``; a missing file raises RunDirError."""
+    import yaml
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise RunDirError(f"{path} does not exist: not a run folder of this project")
+    return yaml.safe_load(path.read_text()) or {}
+
+
 def config_diff(saved: Mapping[str, Any], new: Mapping[str, Any], *,
                 may_differ: Iterable[str] = ()) -> list[str]:
     """``"field (saved -> new)"`` for every field outside ``may_differ`` whose value differs."""

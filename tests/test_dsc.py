@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from aeclust_jax import runs
 from aeclust_jax.config import ConfigError
 from aeclust_jax.data import load
 from aeclust_jax.models import get_model
@@ -457,8 +458,10 @@ def test_train_cli_end_to_end_on_coil20_subset(real_manual_dir, tmp_path, capsys
             "--out", str(out), "--no-progress"]
     assert run_main(train_script, argv) == 0
     m = json.loads((out / "metrics.json").read_text())
-    cfg = json.loads((out / "config.json").read_text())
+    cfg = runs.read_config(out / "config.yaml")
     assert (cfg["ro"], cfg["d"], cfg["alpha"]) == (0.2667, 12, 8.0)
+    assert (cfg["dataset"], cfg["classes"], cfg["seed"]) == ("coil20", 3, 0)
+    assert (out / "pretrained" / "artifact.json").is_file()      # kept in the run for --resume
     assert m["n_images"] == 216 and m["n_clusters"] == 3
     assert m["acc"] >= CLI_ACC_FLOOR, m
     ds = load("coil20")
@@ -473,6 +476,19 @@ def test_train_cli_end_to_end_on_coil20_subset(real_manual_dir, tmp_path, capsys
     assert run_main(train_script, argv[:-3] + ["--out", str(tmp_path / "x"), "--ro", "2"]) == 2
     assert not (tmp_path / "x").exists()
     assert "ro" in capsys.readouterr().err
+    # --resume: a finished run has nothing to do; a changed option is refused, naming it
+    assert run_main(train_script, ["--model", "dsc", "--out", str(out), "--resume"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert run_main(train_script, ["--model", "dsc", "--out", str(out), "--resume", "--d", "5"]) == 2
+    assert "d (12 -> 5)" in capsys.readouterr().err
+    # an unfinished run (metrics.json gone, as after a crash in the evaluation) is finished from
+    # its saved config and pretrained AE, with the same result
+    (out / "metrics.json").unlink()
+    assert run_main(train_script, ["--model", "dsc", "--out", str(out), "--resume",
+                                   "--no-progress"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["acc"] == m["acc"] and again["pretrain_seconds"] == m["pretrain_seconds"]
 
 
 @pytest.mark.realdata

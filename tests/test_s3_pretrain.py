@@ -177,7 +177,7 @@ def test_train_cli_end_to_end(real_manual_dir, tmp_path, capsys):
     from aeclust_jax.config import load_config
     cfg = load_config(s3.S3Config, out / "config.yaml")
     ref = s3.run(cfg, *s3.load_splits(cfg))
-    assert {k: v for k, v in metrics.items() if k != "seconds"} == ref.metrics
+    assert {k: v for k, v in metrics.items() if k not in ("seconds", "scale")} == ref.metrics
     assert 5.0 < metrics["psnr"] < 40.0 and 0.0 < metrics["nmi"] < 1.0
     rows = np.load(out / "labelled_rows.npy")
     assert len(rows) == 10 and rows.max() < 1000

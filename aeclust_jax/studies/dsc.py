@@ -485,13 +485,13 @@ def train_and_evaluate(images: np.ndarray, labels: np.ndarray, config: DSCConfig
                        progress: bool = False, figures: bool = True) -> dict:
     """One DSC run on (images, labels) into the prepared folder ``out``; returns its metrics.
 
-    Writes config.json, history.jsonl, labels.npy, figures (affinity.png, reconstructions.png)
+    Writes config.yaml, history.jsonl, labels.npy, figures (affinity.png, reconstructions.png)
     and, last, metrics.json (acc, nmi, ari on the 0-1 scale, pretrain/finetune/cluster seconds,
     ...). ``progress``: bars for the training phases and one line per evaluation stage.
     """
     out = pathlib.Path(out)
     n_clusters = len(np.unique(labels))
-    runs.write_json(out / "config.json", {"seed": seed, **(extra or {}), **to_dict(config)})
+    runs.write_config(out / "config.yaml", {"seed": seed, **(extra or {}), **to_dict(config)})
     t0 = time.perf_counter()
     res = run(images, n_clusters, config, seed=seed, pretrain_dir=pretrain_dir, progress=progress)
     wall = time.perf_counter() - t0
@@ -536,7 +536,7 @@ def train_parser() -> argparse.ArgumentParser:
                     "Hyperparameters: --preset, then --config, then the options below (defaults: "
                     "the coil20 preset's).")
     p.add_argument("--model", default="dsc", choices=["dsc"])
-    p.add_argument("--dataset", default="coil20", help="a dataset of aeclust_jax.data")
+    p.add_argument("--dataset", help="a dataset of aeclust_jax.data (default coil20)")
     p.add_argument("--preset", default="coil20", choices=sorted(PRESETS) + ["auto"],
                    help="named hyperparameters (coil20: DSC-Net, latent 16x16x15); auto: "
                         "auto_config from the images' shape, their number and the classes")
@@ -553,24 +553,35 @@ def train_parser() -> argparse.ArgumentParser:
                                                    f"{getattr(PRESETS['coil20'], field)})")
     p.add_argument("--classes", type=int, help="use only the first K classes (default: all)")
     p.add_argument("--per-class", type=int, help="use only M evenly spaced images per class (default: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pretrained", help="folder to keep/reuse the pretrained AE; it is tied to the "
-                                        "encoder, pretraining options, images and seed that built "
-                                        "it (other inputs are refused; attention on/off share it)")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--pretrained", help="folder to keep/reuse the pretrained AE (default: "
+                                        "<out>/pretrained); it is tied to the encoder, pretraining "
+                                        "options, images and seed that built it (other inputs are "
+                                        "refused; attention on/off can share one)")
     p.add_argument("--out", help="run folder (default runs/dsc-<dataset>-c<c>[-att]-<seed>)")
+    p.add_argument("--resume", action="store_true",
+                   help="finish the run in --out with its config.yaml (pretraining continues from "
+                        "its checkpoint); any option that differs from it is refused")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars or lines (data preparation, training, evaluation stages)")
     return p
 
 
+RUN_FIELDS = ("seed", "dataset", "classes", "per_class")   # config.yaml's fields beside DSCConfig's
+
+
 def config_from_args(args, images: np.ndarray | None = None,
-                     labels: np.ndarray | None = None) -> DSCConfig:
+                     labels: np.ndarray | None = None, saved: dict | None = None) -> DSCConfig:
     """Preset (``auto``: ``auto_config`` of the images (N, H, W, C) and their classes) <- YAML
-    (--config) <- command-line overrides."""
+    (--config) <- command-line overrides; with ``saved`` (a resumed run's config.yaml) the saved
+    DSCConfig fields replace the preset."""
     overrides = {k: getattr(args, k) for k in ("attention", "pretrain_epochs", "pretrain_batch_size",
                                                "pretrain_lr", "finetune_iters", "finetune_lr",
                                                "lambda1", "lambda2", "ro", "d", "alpha")}
-    if args.preset == "auto":
+    if saved is not None:
+        fields = {f.name for f in dataclasses.fields(DSCConfig)}
+        base = DSCConfig(**{k: v for k, v in saved.items() if k in fields})
+    elif args.preset == "auto":
         if images is None or labels is None:
             raise ValueError("--preset auto needs the images and labels")
         base = auto_config(images.shape[1:], len(images), len(np.unique(labels)))
@@ -586,23 +597,44 @@ def train_main(argv: Sequence[str]) -> int:
     from aeclust_jax.data import load
 
     args = train_parser().parse_args(list(argv))
-    if args.preset != "auto":
-        config_from_args(args)         # a bad config fails before the data are loaded
-    if args.out:
-        runs.check_run_dir(args.out, resumable=False)   # and so does an occupied --out
+    saved = None
+    if args.resume:                    # the run's own config.yaml fills what the flags leave open
+        if not args.out:
+            raise UsageError("--resume needs --out, the run folder to finish")
+        out = runs.check_run_dir(args.out, resume=True)
+        saved = runs.read_config(out / "config.yaml")
+        for k in RUN_FIELDS:
+            if getattr(args, k) is None:
+                setattr(args, k, saved.get(k))
+    args.dataset = args.dataset or "coil20"
+    args.seed = 0 if args.seed is None else args.seed
+    if args.preset != "auto" or saved is not None:
+        config_from_args(args, saved=saved)   # a bad config fails before the data are loaded
+    if args.out and not args.resume:
+        runs.check_run_dir(args.out, resumable=True)   # and so does an occupied --out
     ds = load(args.dataset, progress=not args.no_progress)
     images, labels = select_subset(ds.images, ds.labels, args.classes, args.per_class)
-    cfg = config_from_args(args, images, labels)
+    cfg = config_from_args(args, images, labels, saved=saved)
     name = f"dsc-{args.dataset}-c{cfg.channels[-1]}{'-att' if cfg.attention else ''}-{args.seed}"
-    out = runs.check_run_dir(args.out or f"runs/{name}", resumable=False)
+    out = runs.check_run_dir(args.out or f"runs/{name}", resume=args.resume)
+    run_fields = {k: getattr(args, k) for k in RUN_FIELDS}
+    if saved is not None:
+        runs.check_resume_config(saved, {**run_fields, **to_dict(cfg)}, out / "config.yaml",
+                                 may_differ=())
+        if runs.is_complete(out):
+            print(f"{out} is already complete (metrics.json exists); nothing to do")
+            return 0
     check_inputs(images, len(np.unique(labels)), cfg)
-    if args.pretrained:
-        runs.claim_artifact_dir(args.pretrained, pretrain_fields(as_float_images(images), cfg,
-                                                                 run_keys(args.seed)[0]),
-                                "a pretrained DSC autoencoder", create=False)
-    out = runs.prepare_run_dir(out, resumable=False)
-    m = train_and_evaluate(images, labels, cfg, out, seed=args.seed, pretrain_dir=args.pretrained,
-                           extra={"dataset": args.dataset}, progress=not args.no_progress)
+    pretrained = args.pretrained or out / "pretrained"
+    runs.claim_artifact_dir(pretrained, pretrain_fields(as_float_images(images), cfg,
+                                                        run_keys(args.seed)[0]),
+                            "a pretrained DSC autoencoder", create=False)
+    out = runs.prepare_run_dir(out, resume=args.resume)
+    if args.resume:
+        print(f"resuming {out}: the pretrained AE continues from its checkpoint in {pretrained}")
+    m = train_and_evaluate(images, labels, cfg, out, seed=args.seed, pretrain_dir=pretrained,
+                           extra={k: v for k, v in run_fields.items() if k != "seed"},
+                           progress=not args.no_progress)
     print(" ".join(f"{k}={m[k]:.4g}" for k in ("acc", "nmi", "ari", "pretrain_seconds",
                                                 "finetune_seconds", "cluster_seconds")))
     print(f"wrote {out}")

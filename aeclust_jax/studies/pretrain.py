@@ -545,8 +545,7 @@ def write_run(out: pathlib.Path, result: RunResult) -> None:
     metrics.json last (its presence marks the run complete)."""
     import json
 
-    import yaml
-    runs.atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(result.config), sort_keys=False))
+    runs.write_config(out / "config.yaml", to_dict(result.config))
     lines = [json.dumps({"phase": phase, **rec}) for phase, recs in result.history.items() for rec in recs]
     runs.atomic_write_text(out / "history.jsonl", "".join(l + "\n" for l in lines))
     np.save(out / "labelled_rows.npy", result.labelled_rows)

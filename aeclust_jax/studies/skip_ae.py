@@ -300,7 +300,7 @@ def run(cfg: S1Config, out: str | pathlib.Path, *, resume: bool = False) -> dict
         previous = out / "metrics.json"
         if previous.is_file():    # continuing a finished run: it is unfinished until the new end
             os.replace(previous, out / f"metrics.epochs{runs.read_json(previous)['epochs']}.json")
-    _write_config(out / "config.yaml", cfg)
+    runs.write_config(out / "config.yaml", to_dict(cfg))
     model = build_model(cfg, images.shape[1:])
     key = jax.random.key(cfg.seed)
     k_init, k_fit = jax.random.split(key)
@@ -362,11 +362,8 @@ def _check_resume(cfg: S1Config, out: pathlib.Path) -> int | None:
     """--resume: refuses a config that differs from the saved one in anything but
     RESUME_MAY_DIFFER; returns the epoch training restarts from (None: complete, nothing to do).
     Reads only, so a refused resume leaves the folder as it was."""
-    import yaml
     saved_path = out / "config.yaml"
-    if not saved_path.is_file():
-        raise runs.RunDirError(f"--resume: {out} holds no config.yaml; not an S1 run folder")
-    runs.check_resume_config(yaml.safe_load(saved_path.read_text()), to_dict(cfg), saved_path,
+    runs.check_resume_config(runs.read_config(saved_path), to_dict(cfg), saved_path,
                              may_differ=RESUME_MAY_DIFFER)
     if runs.is_complete(out):
         done = int(runs.read_json(out / "metrics.json")["epochs"])
@@ -382,11 +379,6 @@ def _check_resume(cfg: S1Config, out: pathlib.Path) -> int | None:
         raise ConfigError(f"--resume: {out} is already trained to epoch {last}; --epochs "
                           f"{cfg.epochs} cannot undo that (pass --epochs >= {last})")
     return last
-
-
-def _write_config(path: pathlib.Path, cfg: S1Config) -> None:
-    import yaml
-    runs.atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def _run_figures(out: pathlib.Path, cfg: S1Config, arrays: dict, extra: dict, test,
