@@ -27,12 +27,15 @@ MODEL_STUDY = {
     "cae": "skip_ae", "cae_skip": "skip_ae", "dae": "skip_ae", "dae_skip": "skip_ae",
     "mlp": "pretrain", "mlp_ae": "pretrain",
     "dsc": "dsc",
+    **{m: "supervised" for m in ("resnet18", "resnet34", "resnet50", "vgg16", "vgg16_bn",
+                                 "efficientnet_lite0")},
 }
 # study id -> study module, for reproduce.
 STUDY_MODULE = {"s1": "skip_ae", "s3": "pretrain", "s4": "dsc"}
 STUDY_TITLE = {"skip_ae": "S1, skip connections in conv autoencoders",
                "pretrain": "S3, autoencoder pretraining with few labels",
-               "dsc": "S4, deep subspace clustering"}
+               "dsc": "S4, deep subspace clustering",
+               "supervised": "Supervised backbones (S2's supervised rows, S5's classifier)"}
 
 
 # ----------------------------------------------------------------------------- parsers

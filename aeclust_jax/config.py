@@ -88,18 +88,76 @@ def _check_type(name: str, value: Any, annotation: Any, source: str) -> Any:
     """``value``, checked against a scalar field's type (``int``, ``float | None``, ...): a wrong
     type raises ConfigError; a float written as ``1e-3`` (a string to YAML 1.1) becomes a float.
     Other annotations (tuples, dicts) are left to the config's own validation."""
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-    parts = [t.strip() for t in text.split("|")]
-    optional = "None" in parts
-    kinds = [t for t in parts if t != "None"]
-    if len(kinds) != 1 or kinds[0] not in _SCALARS or (value is None and optional):
+    kind, optional = _kind(annotation)
+    if kind not in _SCALARS or (value is None and optional):
         return value
-    if kinds[0] == "float" and isinstance(value, str):
+    if kind == "float" and isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
             pass
-    ok = isinstance(value, _SCALARS[kinds[0]]) and not (kinds[0] != "bool" and isinstance(value, bool))
+    ok = isinstance(value, _SCALARS[kind]) and not (kind != "bool" and isinstance(value, bool))
     if not ok:
-        raise ConfigError(f"{name} in {source} must be {text}, got {value!r}")
+        raise ConfigError(f"{name} in {source} must be {kind}{' or None' if optional else ''}, "
+                          f"got {value!r}")
     return value
+
+
+# ----------------------------------------------------------------------------- CLI from a config
+
+def _kind(annotation: Any) -> tuple[str, bool]:
+    """('int' | 'float' | 'bool' | 'str' | 'dict' | other, optional) of a field annotation."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__",
+                                                                  str(annotation))
+    parts = [t.strip() for t in text.split("|")]
+    kinds = [t for t in parts if t != "None"]
+    return (kinds[0] if len(kinds) == 1 else text), "None" in parts
+
+
+def add_config_options(parser, cls, *, skip: tuple[str, ...] = ()) -> None:
+    """One ``--field-name`` option per field of dataclass ``cls`` (fields in ``skip`` left out):
+    the help is the field's ``metadata["help"]`` plus its default; bools get ``--x/--no-x``;
+    dict fields take repeatable ``KEY=VALUE`` (YAML scalars). Every option defaults to None, so
+    ``config_overrides`` keeps only what the user typed and the YAML/defaults fill the rest."""
+    import argparse
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind, _ = _kind(f.type)
+        text = f.metadata.get("help", "")
+        default = getattr(defaults, f.name)
+        shown = f" (default: {default!r})" if not isinstance(default, dict) else ""
+        if kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{text}{shown}")
+        elif kind == "dict":
+            parser.add_argument(flag, action="append", default=None, metavar="KEY=VALUE",
+                                help=f"{text} (repeatable)")
+        else:
+            typ = {"int": int, "float": float}.get(kind, str)
+            choices = f.metadata.get("choices")
+            parser.add_argument(flag, type=typ, default=None, choices=choices,
+                                metavar=f.name.upper() if choices is None else None,
+                                help=f"{text}{shown}")
+
+
+def config_overrides(args, cls) -> dict[str, Any]:
+    """The fields of ``cls`` that the parsed ``args`` set (not None); dict fields parsed from
+    their ``KEY=VALUE`` items."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        if _kind(f.type)[0] == "dict":
+            parsed = {}
+            for item in value:
+                key, sep, raw = item.partition("=")
+                if not sep or not key:
+                    raise ConfigError(f"--{f.name.replace('_', '-')} expects KEY=VALUE, got {item!r}")
+                parsed[key] = yaml.safe_load(raw) if raw else ""
+            value = parsed
+        out[f.name] = value
+    return out

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from aeclust_jax.cli import make_parser, run_main
+from aeclust_jax.data import balanced_subset
 from aeclust_jax.errors import UsageError
 
 # ImageNet-1k class index ranges that contain each CIFAR-10 class (the usual WordNet grouping).
@@ -39,13 +40,6 @@ IMAGENET_GROUPS = {
     "truck": [(555, 556), (569, 570), (595, 596), (675, 676), (717, 718), (734, 735),
               (864, 865), (867, 868)],
 }
-
-
-def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """Sorted indices of ``per_class`` random rows of each class (all rows of a smaller class)."""
-    rng = np.random.default_rng(seed)
-    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class]
-                                   for c in np.unique(labels)]))
 
 
 def in_group(top1: np.ndarray, class_names: list[str], labels: np.ndarray) -> float:

@@ -216,3 +216,31 @@ def test_tables_say_their_scale():
     assert header.count("(0-100)") == 5                # NMI/ACC/ARI columns, stored 0-1 in JSON
     assert "ACC (0-1" in dsc.markdown_table([]) and "NMI (0-1" in dsc.markdown_table([])
     assert "ours (0-1)" in pretrain.results_markdown([], [], [], 1, 10)
+
+
+def test_options_generated_from_a_config_dataclass():
+    import dataclasses
+
+    from aeclust_jax.cli import make_parser
+    from aeclust_jax.config import add_config_options, config_overrides
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        lr: float = dataclasses.field(default=0.1, metadata={"help": "peak rate"})
+        mode: str = dataclasses.field(default="a", metadata={"help": "mode", "choices": ("a", "b")})
+        augment: bool = True
+        options: dict = dataclasses.field(default_factory=dict)
+        steps: int | None = None
+
+    p = make_parser("t")
+    add_config_options(p, Cfg)
+    assert "peak rate (default: 0.1)" in " ".join(p.format_help().split())
+    args = p.parse_args(["--lr", "1e-3", "--no-augment", "--options", "size=32",
+                         "--options", "name=x", "--steps", "7"])
+    assert config_overrides(args, Cfg) == {"lr": 1e-3, "augment": False, "steps": 7,
+                                           "options": {"size": 32, "name": "x"}}
+    assert config_overrides(p.parse_args([]), Cfg) == {}        # untyped options stay unset
+    with pytest.raises(UsageError, match="invalid choice: 'c'"):
+        p.parse_args(["--mode", "c"])
+    with pytest.raises(ConfigError, match="--options expects KEY=VALUE"):
+        config_overrides(p.parse_args(["--options", "size"]), Cfg)

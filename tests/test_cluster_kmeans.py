@@ -156,7 +156,7 @@ def test_bad_input(kwargs, match):
 def test_key_forms_and_deprecated_k():
     x = np.random.default_rng(6).normal(size=(200, 3)).astype(np.float32)
     ref = kmeans(x, 4, key=jax.random.key(7), n_init=2)
-    for key in (7, np.int64(7), jax.random.PRNGKey(7)):   # int seed; a legacy raw key is wrapped
+    for key in (7, np.int64(7), jax.random.key_data(jax.random.key(7))):   # int seed; a legacy raw key is wrapped
         np.testing.assert_array_equal(kmeans(x, 4, key=key, n_init=2).centers, ref.centers)
     with pytest.warns(DeprecationWarning, match="n_clusters"):
         old = kmeans(x, k=4, key=7, n_init=2)

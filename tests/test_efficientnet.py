@@ -76,3 +76,24 @@ def test_weight_errors_name_keys(reference):
     sd = dict(reference.state_dict(), extra_head=torch.zeros(3))
     with pytest.raises(KeyError, match="unexpected key.*extra_head"):
         variables_from_torch(sd)
+
+
+def test_imagenet_weights_recognise_photos():
+    """The weights themselves, through our port only: two photos of scikit-image's data set are
+    recognised (Chelsea the cat -> a cat class 281-285, a cup of coffee -> espresso/cup)."""
+    from skimage import data, transform
+    model, variables = efficientnet_lite0_imagenet()
+
+    def prep(img):
+        h, w = img.shape[:2]
+        s = min(h, w)
+        img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        x = transform.resize(img, (224, 224), preserve_range=True).astype(np.float32) / 255
+        return (x - np.asarray(model.input_mean)) / np.asarray(model.input_std)
+
+    x = np.stack([prep(data.chelsea()), prep(data.coffee())]).astype(np.float32)
+    probs = np.asarray(jax.nn.softmax(jax.jit(lambda v, x: model.apply(v, x))(variables, x)))
+    top5 = np.argsort(-probs, axis=1)[:, :5]
+    assert 281 <= top5[0, 0] <= 285 and set(top5[0, :3]) <= set(range(281, 288))
+    assert top5[1, 0] == 967 and probs[1, 967] > 0.5          # espresso, confidently
+    assert 968 in top5[1]                                      # cup among the top 5

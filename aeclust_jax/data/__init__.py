@@ -43,7 +43,7 @@ DATASETS: tuple[str, ...] = tuple(_BUILDERS)
 # Options every builder takes (see ImageBuilder.__init__), besides its own.
 _COMMON_OPTIONS = ("verify_checksums", "download")
 
-__all__ = ["DATASETS", "Dataset", "load", "builder", "prepare", "DatasetError",
+__all__ = ["DATASETS", "Dataset", "load", "balanced_subset", "builder", "prepare", "DatasetError",
            "MissingFilesError", "ChecksumError", "UnknownDatasetError"]
 
 
@@ -211,3 +211,14 @@ def _write_cache(path: pathlib.Path, **arrays: Any) -> None:
         pass  # read-only data dir: the arrays are still returned, just not cached
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Sorted int indices (M,) of ``per_class`` seeded random rows of each class of ``labels``
+    (N,) (every row of a smaller class): a class-balanced labeled subset, e.g. S2's 5k."""
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class]
+                                   for c in np.unique(labels)]))

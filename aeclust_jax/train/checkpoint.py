@@ -18,11 +18,16 @@ import orbax.checkpoint as ocp
 
 
 def _payload(state) -> dict:
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    """What is saved: step, params, opt_state, and batch_stats when the model has them."""
+    out = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    if getattr(state, "batch_stats", None) is not None:
+        out["batch_stats"] = state.batch_stats
+    return out
 
 
 class Checkpointer:
-    """Saves/restores ``{"step", "params", "opt_state"}`` of a TrainState, keyed by epoch."""
+    """Saves/restores ``{"step", "params", "opt_state"[, "batch_stats"]}`` of a TrainState, keyed
+    by epoch."""
 
     def __init__(self, directory: str | os.PathLike, *, every: int = 1, keep: int = 3):
         if every < 1 or keep < 1:
@@ -51,10 +56,11 @@ class Checkpointer:
         return True
 
     def restore(self, state, epoch: int):
-        """``state`` with step, params and opt_state of the saved ``epoch`` (same shardings)."""
+        """``state`` with step, params, opt_state (and batch_stats) of the saved ``epoch`` (same
+        shardings)."""
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _payload(state))
         got = self.manager.restore(epoch, args=ocp.args.StandardRestore(target))
-        return state.replace(step=got["step"], params=got["params"], opt_state=got["opt_state"])
+        return state.replace(**got)
 
     def restore_latest(self, state):
         """(state, epoch) from the newest checkpoint, or (state, 0) when there is none."""

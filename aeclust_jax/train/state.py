@@ -1,4 +1,5 @@
-"""Train state: Flax's TrainState (step, params, opt_state, apply_fn, tx) built from a model."""
+"""Train state: Flax's TrainState (step, params, opt_state, apply_fn, tx) plus the model's
+batch-norm statistics (``batch_stats``; None for models without batch norm)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,35 @@ from typing import Any
 
 import jax
 import optax
-from flax.training.train_state import TrainState
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState with ``batch_stats``: the running statistics of a batch-norm model
+    (updated by the train step, checkpointed with the params), None for every other model."""
+    batch_stats: Any = None
 
 
 def create_train_state(model, key: jax.Array, sample_input, optimizer: optax.GradientTransformation,
-                       *, init_kwargs: dict[str, Any] | None = None, params=None) -> TrainState:
+                       *, init_kwargs: dict[str, Any] | None = None, params=None,
+                       batch_stats=None) -> TrainState:
     """Initialises ``model`` on ``sample_input`` (an array, or a tuple of positional args) with
     ``key`` and pairs its params with ``optimizer``. ``params`` skips init (e.g. pretrained;
-    then ``model`` may be None for a loss that is not a Flax model).
+    then ``model`` may be None for a loss that is not a Flax model); ``batch_stats`` goes with it.
 
-    Only the ``params`` collection is kept: models with mutable state (batch norm) are not
-    supported by this engine.
+    A model with batch norm keeps its 'batch_stats' collection in ``state.batch_stats``; its loss
+    function then takes them and returns the updated ones (see ``aeclust_jax.train.steps``).
+    Other collections ('intermediates') are dropped.
     """
     if params is None:
         args = sample_input if isinstance(sample_input, tuple) else (sample_input,)
         # jitted: an eager init dispatches (and compiles) every op separately, ~20x slower
         init = jax.jit(functools.partial(model.init, **(init_kwargs or {})))
-        params = init(key, *args)["params"]
+        variables = init(key, *args)
+        params, batch_stats = variables["params"], variables.get("batch_stats", batch_stats)
     apply_fn = model.apply if model is not None else None
-    return TrainState.create(apply_fn=apply_fn, params=params, tx=optimizer)
+    return TrainState.create(apply_fn=apply_fn, params=params, tx=optimizer,
+                             batch_stats=batch_stats)
 
 
 def count_params(params, where=None) -> int:

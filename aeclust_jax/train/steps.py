@@ -5,6 +5,12 @@ dict of the user's arrays for one batch (still uint8 if stored so: convert with 
 inside the loss, which runs inside the jitted step) plus ``batch["mask"]`` (B,) float32, 1 for
 real rows and 0 for the padding of the last partial batch; ``loss`` a scalar (use
 ``masked_mean``), ``aux`` a dict of scalars averaged per epoch into the history.
+
+A model with batch norm (``state.batch_stats`` not None) has a loss with one more argument and
+output: ``loss_fn(params, batch, rng, batch_stats) -> (loss, (aux, new_batch_stats))``, e.g.
+``model.apply({"params": p, "batch_stats": s}, x, train=True, mutable=["batch_stats"])``. The
+batch is one global array sharded over the devices, so the statistics are those of the whole
+batch (synchronised batch norm, with no extra code).
 """
 
 from __future__ import annotations
@@ -74,8 +80,12 @@ def _step(loss_fn: LossFn, state, batched, mask, s, epoch_key):
     batch = {k: v[s] for k, v in batched.items()}
     batch["mask"] = mask[s]
     rng = jax.random.fold_in(epoch_key, s)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
-    return state.apply_gradients(grads=grads), loss, aux
+    if getattr(state, "batch_stats", None) is None:
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+        return state.apply_gradients(grads=grads), loss, aux
+    (loss, (aux, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, rng, state.batch_stats)
+    return state.apply_gradients(grads=grads, batch_stats=stats), loss, aux
 
 
 def _memo_on(loss_fn: LossFn, key, build: Callable):
