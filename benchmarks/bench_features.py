@@ -52,8 +52,8 @@ ROWS = {
 
 def fail(msg: str) -> None:
     """One line on stderr naming what failed, exit status 2."""
-    print(f"error: {pathlib.Path(sys.argv[0]).name if sys.argv and sys.argv[0] else 'bench_features.py'}: "
-          f"{msg}", file=sys.stderr)
+    script = pathlib.Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "bench_features.py"
+    print(f"error: {script}: {msg}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -185,8 +185,8 @@ def train_row(row: str, size: int, batch: int, repeat: int, lr: float = 0.01) ->
     y = np.random.default_rng(2).integers(0, 10, 2 * batch).astype(np.int32)
     xs = [jax.device_put(x[i * batch:(i + 1) * batch]) for i in range(2)]
     ys = [jax.device_put(y[i * batch:(i + 1) * batch]) for i in range(2)]
-    xts = [torch.from_numpy(np.ascontiguousarray(x[i * batch:(i + 1) * batch].transpose(0, 3, 1, 2)))
-           for i in range(2)]
+    xts = [torch.from_numpy(np.ascontiguousarray(xb.transpose(0, 3, 1, 2)))
+           for xb in (x[:batch], x[batch:])]
     yts = [torch.from_numpy(y[i * batch:(i + 1) * batch].astype(np.int64)) for i in range(2)]
 
     tx = optax.sgd(lr, momentum=0.9)
