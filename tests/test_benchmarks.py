@@ -1,8 +1,14 @@
-"""Benchmarks whose peer package is missing stop at once with one line naming the extra."""
+"""Benchmarks whose peer package is missing stop at once with one line naming the extra;
+bench_features.py's quick setting prints its figures as a last-line JSON, and a peer that cannot
+be built is one line naming it."""
 
+import json
+import os
 import pathlib
 import runpy
+import subprocess
 import sys
+import types
 
 import pytest
 
@@ -10,7 +16,7 @@ BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 PEERS = {  # script -> a peer it cannot run without
     "bench_train_step.py": "torch", "bench_pipeline.py": "torch", "bench_dsc.py": "torch",
     "bench_kmeans.py": "faiss", "bench_tsne.py": "openTSNE", "bench_metrics.py": "sklearn",
-    "bench_knn.py": "sklearn", "bench_spectral.py": "sklearn",
+    "bench_knn.py": "sklearn", "bench_spectral.py": "sklearn", "bench_features.py": "torch",
 }
 
 
@@ -31,3 +37,48 @@ def test_missing_peer_is_one_line_naming_the_extra(script, peer, monkeypatch, ca
     assert out == "" and err.count("\n") == 1, err
     assert err.startswith(f"error: {script}: its peer {peer!r} is not installed")
     assert "pip install -e '.[bench]'" in err
+
+
+def test_bench_features_quick_last_line_is_json():
+    """--quick on the two torch_backbones rows (extraction and train step; ~25 s on 2 cores)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite_pytorch")
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([str(BENCH.parent), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, str(BENCH / "bench_features.py"), "--quick", "--rows",
+                          "resnet18", "train_resnet18"], capture_output=True, text=True, env=env,
+                         timeout=300, check=True).stdout
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["benchmark"] == "features" and res["quick"] is True
+    assert set(res["rows"]) == {"resnet18", "train_resnet18"}
+    assert set(res["target_met"]) == set(res["rows"]) and res["machine"]["cpu_count"] >= 1
+    for name, row in res["rows"].items():
+        for key in ("ours_images_per_s", "torch_images_per_s", "speedup", "ours_first_call_s",
+                    "batch", "image_size"):
+            assert row[key] > 0, (name, key)
+        assert len(row["ours_s"]) == len(row["torch_s"]) == res["repeat"]
+    assert res["rows"]["resnet18"]["max_rel_diff"] < 1e-4          # same weights, same features
+    train = res["rows"]["train_resnet18"]
+    assert abs(train["first_loss"] - train["torch_first_loss"]) < 1e-3 * train["torch_first_loss"]
+    assert res["speedup"] == min(r["speedup"] for r in res["rows"].values())
+
+
+def test_bench_features_unbuildable_peer_is_one_line(monkeypatch, capsys):
+    pytest.importorskip("torch")
+
+    def broken(name):
+        raise RuntimeError("no such architecture here")
+    fake = types.ModuleType("efficientnet_lite_pytorch")
+    fake.EfficientNet = types.SimpleNamespace(from_name=broken)
+    monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", fake)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    script = BENCH / "bench_features.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--rows", "efficientnet_lite0"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(script), run_name="__main__")
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert err.startswith("error: bench_features.py: cannot build the PyTorch peer "
+                          "efficientnet_lite_pytorch EfficientNet('efficientnet-lite0')")
+    assert "no such architecture here" in err

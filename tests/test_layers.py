@@ -1,5 +1,8 @@
 """models.layers: the sub-pixel upsample+conv and the reshape max pool equal the literal ops,
-values and gradients, on random shapes (odd sizes, 1x1 maps, one channel in or out)."""
+values and gradients, on random shapes (odd sizes, 1x1 maps, one channel in or out); the
+shifted-slice depthwise conv equals XLA's grouped conv, values and gradients."""
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -9,8 +12,8 @@ import pytest
 
 from jax import lax
 
-from aeclust_jax.models.layers import (Conv3x3, _conv_dot_wgrad, conv3x3, max_pool_2x2,
-                                      upsample_conv)
+from aeclust_jax.models.layers import (Conv3x3, DepthwiseConv, _conv_dot_wgrad, conv3x3,
+                                      depthwise_conv, max_pool_2x2, upsample_conv)
 from aeclust_jax.models.skip_ae import upsample2x
 
 SHAPES = [(2, 14, 14, 16, 1), (3, 8, 8, 8, 16), (1, 7, 5, 3, 2), (2, 1, 1, 1, 1), (2, 4, 9, 1, 4)]
@@ -124,3 +127,82 @@ def test_conv3x3_pooled_is_pool_of_conv_plus_bias():
     p = m.init(jax.random.key(1), x)
     ref = nn.max_pool(m.apply(p, x), (2, 2), strides=(2, 2), padding="SAME")
     np.testing.assert_allclose(m.apply(p, x, pooled=True), ref, rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- depthwise conv
+
+def _grouped(x, kernel, stride, padding="SAME"):
+    """The reference: XLA's grouped conv, one channel per group ('SAME' is TensorFlow's rule)."""
+    return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    feature_group_count=x.shape[-1])
+
+
+DW_CASES = [(k, s, h, w) for k in (3, 5) for s in (1, 2)
+            for h, w in ((7, 7), (8, 8), (15, 8), (7, 15), (112, 112))]
+
+
+def _dw_inputs(kind, shape, k, seed):
+    rng = np.random.default_rng(seed)
+    kernel = rng.normal(size=(k, k, 1, shape[-1])).astype(np.float32)
+    if kind == "random":
+        x = rng.normal(size=shape)
+    elif kind == "zeros":
+        x = np.zeros(shape)
+    else:   # constant per channel, one channel all zero, and a zero block
+        x = np.broadcast_to(rng.normal(size=shape[-1]), shape).copy()
+        x[..., 0] = 0.0
+        x[:, : shape[1] // 2, : shape[2] // 3] = 0.0
+    return jnp.asarray(x, jnp.float32), jnp.asarray(kernel)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _dw_vjp(fn, x, kernel, stride, ct):
+    """fn(x, kernel, stride) and its gradients wrt x and kernel through the cotangent ct
+    (jitted: eager dispatch of the k*k taps is slower than compiling)."""
+    y, vjp = jax.vjp(lambda a, b: fn(a, b, stride), x, kernel)
+    return y, vjp(ct)
+
+
+@pytest.mark.parametrize("kind", ["random", "zeros", "constant"])
+@pytest.mark.parametrize("k, stride, h, w", DW_CASES)
+def test_depthwise_conv_equals_grouped_conv(k, stride, h, w, kind):
+    c = 3 if h == 112 else 5
+    x, kernel = _dw_inputs(kind, (2, h, w, c), k, seed=h * 31 + w + k + stride)
+    ct = np.random.default_rng(7).normal(size=(2, -(-h // stride), -(-w // stride), c))
+    ct = jnp.asarray(ct, jnp.float32)               # a random cotangent for the gradients
+    want, vjp_want = _dw_vjp(_grouped, x, kernel, stride, ct)
+    got, vjp_got = _dw_vjp(depthwise_conv, x, kernel, stride, ct)
+    assert got.shape == want.shape == (2, -(-h // stride), -(-w // stride), c)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    # gradients wrt input and kernel (plain autodiff on our side)
+    for g, r, name in zip(vjp_got, vjp_want, ("input", "kernel")):
+        np.testing.assert_allclose(g, r, atol=1e-4 * max(1.0, float(np.abs(r).max())),
+                                   rtol=1e-5, err_msg=f"gradient wrt {name}")
+
+
+@pytest.mark.parametrize("k, stride", [(3, 1), (3, 2), (5, 2)])
+def test_depthwise_conv_valid_padding(k, stride):
+    x, kernel = _dw_inputs("random", (2, 11, 8, 4), k, seed=3)
+    np.testing.assert_allclose(depthwise_conv(x, kernel, stride, "VALID"),
+                               _grouped(x, kernel, stride, "VALID"), atol=1e-5, rtol=1e-5)
+
+
+def test_depthwise_module_has_nn_conv_parameter_and_values():
+    """DepthwiseConv keeps nn.Conv(feature_group_count=C)'s parameter: name, shape, init."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 10, 6)), jnp.float32)
+    ours = DepthwiseConv(5, 2)
+    theirs = nn.Conv(6, (5, 5), (2, 2), padding="SAME", feature_group_count=6, use_bias=False)
+    v_ours = ours.init(jax.random.key(0), x)
+    v_theirs = theirs.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, v_ours) == jax.tree.map(jnp.shape, v_theirs) == {
+        "params": {"kernel": (5, 5, 1, 6)}}
+    np.testing.assert_array_equal(v_ours["params"]["kernel"], v_theirs["params"]["kernel"])
+    np.testing.assert_allclose(ours.apply(v_ours, x), theirs.apply(v_theirs, x), atol=1e-5)
+
+
+def test_depthwise_conv_rejects_mismatched_kernel():
+    with pytest.raises(ValueError, match="kernel"):
+        depthwise_conv(jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 1, 5)))
+    with pytest.raises(ValueError, match="padding"):
+        depthwise_conv(jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 1, 4)), padding="FULL")

@@ -2,6 +2,7 @@
 
     y = upsample_conv(x, kernel, bias, "SAME")   # == conv3x3(nearest_up2(x)), x (N, H, W, Cin)
     y = max_pool_2x2(x)                          # == nn.max_pool(x, (2, 2), (2, 2), "SAME")
+    y = depthwise_conv(x, kernel, stride)        # == lax grouped conv, feature_group_count=C
 
 Why (benchmarks/bench_train_step.py, 2-core CPU): in the S1 decoders most time went to 3x3 convs
 on nearest-upsampled maps (28x28x16 -> 1 alone was a quarter of the step: Eigen's conv is poor with
@@ -9,6 +10,10 @@ one output channel, and the upsampled map and its gradient are 4x the data). A 3
 nearest-upsampled map is exactly four 3x3 convs of the small map ("phases", one per output pixel
 parity) whose kernels are sums of the original taps; ``upsample_conv`` runs them as one conv with
 4*Cout channels and a depth-to-space shuffle. Same function, same parameters, 1/4 of the pixels.
+
+Depthwise convs (EfficientNet's MBConv): XLA:CPU runs a grouped convolution with one channel per
+group 4-17x slower than k*k shifted slices times per-channel weights, summed (pure elementwise
+ops that XLA fuses into one loop; stride 2 = strided slices); see ``depthwise_conv``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import functools
 
 import flax.linen as nn
+from flax.linen.dtypes import promote_dtype
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,6 +165,67 @@ def _max_pool_bwd(res, ct):
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow/XLA 'SAME' padding of one axis: (low, high) for ceil(size / stride) outputs,
+    the extra pixel of an odd total after."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
+                   padding: str = "SAME") -> jax.Array:
+    """Depthwise kxk correlation, no bias: x (N, H, W, C), kernel (k, k, 1, C) (flax's layout of
+    ``nn.Conv(C, (k, k), feature_group_count=C)``) -> (N, ceil(H/s), ceil(W/s), C) for 'SAME'
+    (TF rule), (N, (H-k)//s+1, (W-k)//s+1, C) for 'VALID'.
+
+    Equals ``lax.conv_general_dilated(x, kernel, (s, s), padding, feature_group_count=C)`` up to
+    float summation order, computed as the sum over the k*k taps of a shifted (strided) slice of
+    the zero-padded input times that tap's per-channel weights. Gradients are plain autodiff
+    (pad/slice transposes and elementwise products)."""
+    kh, kw, one, c = kernel.shape
+    if one != 1 or x.shape[-1] != c:
+        raise ValueError(f"depthwise_conv: kernel (k, k, 1, C) with C = the input's channels, "
+                         f"got kernel {kernel.shape} for input {x.shape}")
+    n, h, w, _ = x.shape
+    padding = padding.upper()
+    if padding == "SAME":
+        ph, pw = same_padding(h, kh, stride), same_padding(w, kw, stride)
+    elif padding == "VALID":
+        ph = pw = (0, 0)
+    else:
+        raise ValueError(f"depthwise_conv: padding 'SAME' or 'VALID', got {padding!r}")
+    if any(ph) or any(pw):
+        x = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
+    ho = (x.shape[1] - kh) // stride + 1
+    wo = (x.shape[2] - kw) // stride + 1
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = lax.slice(x, (0, i, j, 0),
+                            (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
+                            (1, stride, stride, 1))
+            t = tap * kernel[i, j, 0]
+            y = t if y is None else y + t
+    return y
+
+
+class DepthwiseConv(nn.Module):
+    """``nn.Conv(C, (k, k), (s, s), padding, feature_group_count=C, use_bias=False)`` with the
+    same parameter (``kernel`` (k, k, 1, C), lecun_normal) computed by ``depthwise_conv``:
+    (N, H, W, C) -> (N, ceil(H/s), ceil(W/s), C) with 'SAME'."""
+    kernel_size: int
+    stride: int = 1
+    padding: str = "SAME"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, x.shape[-1]),
+                            jnp.float32)
+        x, kernel = promote_dtype(x, kernel)
+        return depthwise_conv(x, kernel, self.stride, self.padding)
+
+
 class Conv3x3(nn.Module):
     """A 3x3 conv with nn.Conv's parameters (kernel (3,3,Cin,Cout) lecun_normal, bias zeros) that
     can read its input as if nearest-upsampled x2: ``Conv3x3(8)(x, upsampled=True)`` ==
@@ -183,4 +250,5 @@ class Conv3x3(nn.Module):
         return (max_pool_2x2(y) if pooled else y) + bias
 
 
-__all__ = ("Conv3x3", "conv3x3", "max_pool_2x2", "upsample_conv")
+__all__ = ("Conv3x3", "DepthwiseConv", "conv3x3", "depthwise_conv", "max_pool_2x2",
+           "same_padding", "upsample_conv")
