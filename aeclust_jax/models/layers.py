@@ -3,6 +3,7 @@
     y = upsample_conv(x, kernel, bias, "SAME")   # == conv3x3(nearest_up2(x)), x (N, H, W, Cin)
     y = max_pool_2x2(x)                          # == nn.max_pool(x, (2, 2), (2, 2), "SAME")
     y = depthwise_conv(x, kernel, stride)        # == lax grouped conv, feature_group_count=C
+    y = conv2d(x, kernel, stride, pads)          # == lax conv; kernel gradient as chunked GEMMs
 
 Why (benchmarks/bench_train_step.py, 2-core CPU): in the S1 decoders most time went to 3x3 convs
 on nearest-upsampled maps (28x28x16 -> 1 alone was a quarter of the step: Eigen's conv is poor with
@@ -14,6 +15,10 @@ parity) whose kernels are sums of the original taps; ``upsample_conv`` runs them
 Depthwise convs (EfficientNet's MBConv): XLA:CPU runs a grouped convolution with one channel per
 group 4-17x slower than k*k shifted slices times per-channel weights, summed (pure elementwise
 ops that XLA fuses into one loop; stride 2 = strided slices); see ``depthwise_conv``.
+
+Conv kernel gradients (ResNet's ``Conv``): XLA:CPU's autodiff of a conv computes dL/dkernel 1-13x
+slower than the forward conv; ``conv2d`` computes it as GEMMs of stacked shifted slices of the
+input, a few images at a time; see ``conv2d``.
 """
 
 from __future__ import annotations
