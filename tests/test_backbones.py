@@ -143,3 +143,46 @@ def test_import_errors_name_keys(ref, tmp_path):
     ref.torch.save(ref.build(ref.TResNet, ref.TBasic, (2, 2, 2, 2), small_stem=True).state_dict(), path)
     model, v = import_torch("resnet18", str(path), small_stem=True)
     assert model.small_stem and v["params"]["conv1"]["kernel"].shape == (3, 3, 3, 64)
+
+
+def test_resnet18_train_gradients_equal_plain_nn_conv(monkeypatch):
+    """ResNet's convs are layers.Conv (GEMM gradients): the whole ResNet-18 (small stem) loss,
+    parameter gradients and batch-norm updates in train mode equal the same network built with
+    flax's own nn.Conv (resnet.Conv swapped for it: the reference shares no conv code), on a batch
+    with an all-zero and a constant image (ties, dead ReLUs) besides random ones."""
+    import flax.linen as nn
+    import optax
+
+    from aeclust_jax.models import resnet
+
+    x = np.array(jax.random.normal(jax.random.key(0), (4, 16, 16, 3)))
+    x[1] = 0.0
+    x[2] = 0.7
+    y = jnp.array([0, 3, 3, 9])
+
+    model = get_model("resnet18", num_classes=10, small_stem=True)
+    shapes = jax.eval_shape(model.init, jax.random.key(1), x[:1])   # no init compile (slow)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.1, s.shape), jnp.float32),
+                          shapes["params"])
+    stats = jax.tree.map(lambda s: jnp.ones(s.shape), shapes["batch_stats"])
+
+    def grads():
+        model = get_model("resnet18", num_classes=10, small_stem=True)
+        assert jax.tree.structure(jax.eval_shape(model.init, jax.random.key(1), x[:1])) == \
+            jax.tree.structure(shapes)
+
+        def loss(p):
+            logits, upd = model.apply({"params": p, "batch_stats": stats}, x, train=True,
+                                      mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+    (l_ours, s_ours), g_ours = grads()
+    monkeypatch.setattr(resnet, "Conv", nn.Conv)
+    (l_ref, s_ref), g_ref = grads()
+    np.testing.assert_allclose(l_ours, l_ref, rtol=1e-5)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                    atol=1e-5 * max(1.0, np.abs(b).max()))
+    jax.tree.map(close, g_ours, g_ref)
+    jax.tree.map(close, s_ours, s_ref)

@@ -1,6 +1,7 @@
 """models.layers: the sub-pixel upsample+conv and the reshape max pool equal the literal ops,
 values and gradients, on random shapes (odd sizes, 1x1 maps, one channel in or out); the
-shifted-slice depthwise conv equals XLA's grouped conv, values and gradients."""
+shifted-slice depthwise conv equals XLA's grouped conv, values and gradients; conv2d / Conv (GEMM
+gradients) equal autodiff of lax's conv / nn.Conv."""
 
 import functools
 
@@ -12,8 +13,9 @@ import pytest
 
 from jax import lax
 
-from aeclust_jax.models.layers import (Conv3x3, DepthwiseConv, _conv_dot_wgrad, conv3x3,
-                                      depthwise_conv, max_pool_2x2, upsample_conv)
+from aeclust_jax.models import layers
+from aeclust_jax.models.layers import (Conv, Conv3x3, DepthwiseConv, _conv_dot_wgrad, conv2d,
+                                      conv3x3, depthwise_conv, max_pool_2x2, upsample_conv)
 from aeclust_jax.models.skip_ae import upsample2x
 
 SHAPES = [(2, 14, 14, 16, 1), (3, 8, 8, 8, 16), (1, 7, 5, 3, 2), (2, 1, 1, 1, 1), (2, 4, 9, 1, 4)]
@@ -102,6 +104,46 @@ def test_conv_dot_wgrad_equals_autodiff_of_plain_conv(kind, cin, pads):
     grad = lambda f: jax.grad(lambda t, k: jnp.sum(f(t, k) * ct), argnums=(0, 1))(x, kernel)
     for go, gr in zip(grad(lambda t, k: _conv_dot_wgrad(t, k, pads)), grad(plain)):
         np.testing.assert_allclose(go, gr, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("k,stride,h,w,chunk_bytes", [
+    (3, 1, 7, 6, None), (3, 2, 7, 8, 1), (1, 2, 7, 7, 1), (7, 2, 9, 10, 4000)])
+@pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant"])
+def test_conv2d_equals_autodiff_of_lax_conv(monkeypatch, k, stride, h, w, chunk_bytes, kind):
+    """conv2d's hand-written VJP (batch-chunked GEMM kernel gradient, transposed input gradient)
+    against jax.grad of lax.conv_general_dilated; chunk_bytes forces the kernel gradient's scan
+    over chunks of images (1: one image a step; batch 3 has no other divisor)."""
+    if chunk_bytes is not None:
+        monkeypatch.setattr(layers, "_WGRAD_CHUNK_BYTES", chunk_bytes)
+    x = _pool_inputs(h, w)[kind]
+    x = jnp.asarray(np.concatenate([x, x[:1] * 0.5]).repeat(2, -1)[..., :5], jnp.float32)
+    rng = np.random.default_rng(k * 10 + stride)
+    kernel = jnp.asarray(rng.integers(-2, 3, (k, k, 5, 4)), jnp.float32)   # ties in weights
+    p = k // 2
+    pads = ((p, p), (p, p)) if k != 3 or stride != 1 else ((1, 0), (2, 1))   # + uneven pads
+    plain = lambda t, kk: lax.conv_general_dilated(t, kk, (stride, stride), pads,
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(conv2d(x, kernel, stride, pads), plain(x, kernel), atol=1e-5)
+    ct = jax.random.normal(jax.random.key(5), plain(x, kernel).shape)
+    grad = lambda f: jax.grad(lambda t, kk: jnp.sum(f(t, kk) * ct), argnums=(0, 1))(x, kernel)
+    for go, gr in zip(grad(lambda t, kk: conv2d(t, kk, stride, pads)), grad(plain)):
+        np.testing.assert_allclose(go, gr, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_conv_module_has_nn_conv_parameters_values_and_gradients(use_bias):
+    x = jax.random.normal(jax.random.key(0), (3, 9, 8, 3))
+    init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    kw = dict(padding=((1, 1), (1, 1)), use_bias=use_bias, kernel_init=init)
+    ours, theirs = Conv(6, (3, 3), (2, 2), **kw), nn.Conv(6, (3, 3), (2, 2), **kw)
+    key = jax.random.key(3)
+    p_ours, p_theirs = ours.init(key, x), theirs.init(key, x)
+    jax.tree.map(np.testing.assert_array_equal, p_ours, p_theirs)     # same tree, same init
+    np.testing.assert_allclose(ours.apply(p_ours, x), theirs.apply(p_theirs, x), atol=1e-5)
+    ct = jax.random.normal(jax.random.key(4), theirs.apply(p_theirs, x).shape)
+    grad = lambda m: jax.grad(lambda p, t: jnp.sum(m.apply(p, t) * ct), argnums=(0, 1))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                 grad(ours)(p_ours, x), grad(theirs)(p_theirs, x))
 
 
 @pytest.mark.parametrize("cin", [1, 8])     # 1: the image-input path with its own kernel gradient

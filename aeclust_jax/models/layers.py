@@ -3,6 +3,7 @@
     y = upsample_conv(x, kernel, bias, "SAME")   # == conv3x3(nearest_up2(x)), x (N, H, W, Cin)
     y = max_pool_2x2(x)                          # == nn.max_pool(x, (2, 2), (2, 2), "SAME")
     y = depthwise_conv(x, kernel, stride)        # == lax grouped conv, feature_group_count=C
+    y = conv2d(x, kernel, stride, pads)          # == lax conv; kernel gradient as chunked GEMMs
 
 Why (benchmarks/bench_train_step.py, 2-core CPU): in the S1 decoders most time went to 3x3 convs
 on nearest-upsampled maps (28x28x16 -> 1 alone was a quarter of the step: Eigen's conv is poor with
@@ -14,11 +15,16 @@ parity) whose kernels are sums of the original taps; ``upsample_conv`` runs them
 Depthwise convs (EfficientNet's MBConv): XLA:CPU runs a grouped convolution with one channel per
 group 4-17x slower than k*k shifted slices times per-channel weights, summed (pure elementwise
 ops that XLA fuses into one loop; stride 2 = strided slices); see ``depthwise_conv``.
+
+Conv kernel gradients (ResNet's ``Conv``): XLA:CPU's autodiff of a conv computes dL/dkernel 1-13x
+slower than the forward conv; ``conv2d`` computes it as GEMMs of stacked shifted slices of the
+input, a few images at a time; see ``conv2d``.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import flax.linen as nn
 from flax.linen.dtypes import promote_dtype
@@ -90,6 +96,104 @@ def _conv_dot_wgrad_bwd(pads, res, ct):
 
 
 _conv_dot_wgrad.defvjp(_conv_dot_wgrad_fwd, _conv_dot_wgrad_bwd)
+
+
+# Bytes of stacked taps (images x Ho x Wo x k*k*Cin floats) one step of the kernel gradient's
+# batch loop holds; see conv2d.
+_WGRAD_CHUNK_BYTES = 4 << 20
+
+
+def _conv_s(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> jax.Array:
+    return lax.conv_general_dilated(x, kernel, (stride, stride), pads, dimension_numbers=_DN)
+
+
+def _taps(xp: jax.Array, kh: int, kw: int, stride: int, ho: int, wo: int) -> jax.Array:
+    """(N, Ho, Wo, kh*kw, C): tap (i, j) is the (strided) slice of the padded input xp that
+    kernel row i, column j reads for each output pixel."""
+    n, _, _, c = xp.shape
+    return jnp.stack([lax.slice(xp, (0, i, j, 0),
+                                (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
+                                (1, stride, stride, 1))
+                      for i in range(kh) for j in range(kw)], 3)
+
+
+def _batch_chunk(n: int, per_image_bytes: int) -> int:
+    """The largest divisor of n whose images' stacked taps fit in _WGRAD_CHUNK_BYTES (>= 1)."""
+    limit = max(1, _WGRAD_CHUNK_BYTES // max(per_image_bytes, 1))
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _conv_kernel_grad(x, ct, kernel_shape, stride, pads):
+    """dL/dkernel (kh, kw, Cin, Cout) = sum over images and output pixels of tap(x) (x) ct: per
+    chunk of images one GEMM (stacked taps (rows, kh*kw*Cin))^T @ ct (rows, Cout), accumulated
+    over the chunks by a scan."""
+    kh, kw, cin, cout = kernel_shape
+    n, ho, wo, _ = ct.shape
+    xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+
+    def grad(xc, cc):
+        return jnp.einsum("bhwtc,bhwo->tco", _taps(xc, kh, kw, stride, ho, wo), cc)
+
+    c = _batch_chunk(n, ho * wo * kh * kw * cin * x.dtype.itemsize)
+    if c == n:
+        g = grad(xp, ct)
+    else:
+        xs = xp.reshape((n // c, c) + xp.shape[1:])
+        cs = ct.reshape((n // c, c) + ct.shape[1:])
+        g = lax.scan(lambda acc, a: (acc + grad(*a), None),
+                     jnp.zeros((kh * kw, cin, cout), ct.dtype), (xs, cs))[0]
+    return g.reshape(kernel_shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> jax.Array:
+    """Correlation NHWC x HWIO, stride (s, s), explicit pads ((top, bottom), (left, right)), no
+    dilation or groups: values are ``lax.conv_general_dilated``'s; its gradients are GEMMs.
+
+    Why: XLA:CPU computes the kernel gradient of a conv (autodiff: a conv of x with the
+    cotangent as the window) 1-13x slower than the forward conv. Here it is the batch-chunked
+    GEMM of ``_conv_kernel_grad`` (stacked shifted/strided slices of the padded input against the
+    cotangent; the stack of all taps of the whole batch at once, k*k times the input, was 2-3x
+    slower than chunks of a few MB). Input gradient: XLA's transposed conv (``linear_transpose``
+    of the forward, nothing recomputed); it costs about the forward's time for stride 1 and
+    0.9-3x for stride 2 (a conv over the zero-dilated cotangent: 141 vs 110 ms at 32x32x64 k3 s2,
+    38 vs 13 ms at k1 s2); one GEMM cotangent @ kernel^T followed by k*k interior-padded adds
+    measured the same (156 and 36 ms), so XLA's is kept.
+
+    Measured at batch 128 on the shared 2-core x86_64 CPU (load 2-4, medians of 3 interleaved
+    calls, noise ~+-30 %), ResNet-18 small-stem layer shapes, kernel gradient, ms:
+
+        layer (input, k, stride -> output)   forward   XLA dK   dK here (4 MB chunks)
+        32x32x3   k3 s1 -> 64                     37      55-79     ~30
+        32x32x64  k3 s1 -> 64                    183   1715-2738   240-300
+        32x32x64  k3 s2 -> 128                    96     263-441    ~90
+        32x32x64  k1 s2 -> 128                    11     107-233    ~15
+        16x16x128 k3 s1 -> 128                   134     362-714   180-240
+        16x16x128 k3 s2 -> 256                    84     208-211    ~90
+        16x16x128 k1 s2 -> 256                    12      47-85     ~13
+        8x8x256   k3 s1 -> 256                   163     335-407   150-200
+        8x8x256   k3 s2 -> 512                    87     127-129    75-90
+        8x8x256   k1 s2 -> 512                     9      40-54     ~12
+        4x4x512   k3 s1 -> 512                   178     200-215   160-200
+
+    A loop of k*k per-tap GEMMs and channel-major taps were within noise of the stacked GEMM
+    once chunked; the chunk size (1-8 MB) mattered little. The kernel gradient here is never
+    slower than XLA's at these shapes, so it is used for every shape."""
+    return _conv_s(x, kernel, stride, pads)
+
+
+def _conv2d_fwd(x, kernel, stride, pads):
+    return conv2d(x, kernel, stride, pads), (x, kernel)
+
+
+def _conv2d_bwd(stride, pads, res, ct):
+    x, kernel = res
+    # the conv is linear in x: transpose it (no recomputation of the forward pass)
+    dx = jax.linear_transpose(lambda t: _conv_s(t, kernel, stride, pads), x)(ct)[0]
+    return dx, _conv_kernel_grad(x, ct, kernel.shape, stride, pads)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 def upsample_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, padding: str) -> jax.Array:
@@ -226,6 +330,35 @@ class DepthwiseConv(nn.Module):
         return depthwise_conv(x, kernel, self.stride, self.padding)
 
 
+class Conv(nn.Module):
+    """``nn.Conv(features, kernel_size, strides, padding, use_bias, kernel_init)`` for NHWC
+    inputs with explicit integer padding, computed by ``conv2d`` (GEMM gradients). Same
+    parameters, names, shapes and init as nn.Conv (``kernel`` (kh, kw, Cin, features), ``bias``
+    (features,) zeros when use_bias), so checkpoints and weight imports are shared."""
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = self.kernel_size
+        sh, sw = self.strides
+        if sh != sw:
+            raise ValueError(f"Conv: equal strides only, got {self.strides}")
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features),
+                            jnp.float32)
+        bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
+                if self.use_bias else None)
+        x, kernel, bias = promote_dtype(x, kernel, bias)
+        pads = tuple(tuple(int(v) for v in p) for p in self.padding)
+        y = conv2d(x, kernel, sh, pads)
+        return y if bias is None else y + bias
+
+
 class Conv3x3(nn.Module):
     """A 3x3 conv with nn.Conv's parameters (kernel (3,3,Cin,Cout) lecun_normal, bias zeros) that
     can read its input as if nearest-upsampled x2: ``Conv3x3(8)(x, upsampled=True)`` ==
@@ -250,5 +383,5 @@ class Conv3x3(nn.Module):
         return (max_pool_2x2(y) if pooled else y) + bias
 
 
-__all__ = ("Conv3x3", "DepthwiseConv", "conv3x3", "depthwise_conv", "max_pool_2x2",
-           "same_padding", "upsample_conv")
+__all__ = ("Conv", "Conv3x3", "DepthwiseConv", "conv2d", "conv3x3", "depthwise_conv",
+           "max_pool_2x2", "same_padding", "upsample_conv")

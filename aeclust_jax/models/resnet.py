@@ -27,6 +27,8 @@ from typing import ClassVar, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from .layers import Conv
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -36,11 +38,13 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 dense_init = nn.initializers.variance_scaling(1.0 / 3, "fan_in", "uniform")
 
 
-def conv(features: int, kernel: int, stride: int = 1, name: str | None = None) -> nn.Conv:
-    """torchvision's conv: k x k, padding k // 2, no bias."""
+def conv(features: int, kernel: int, stride: int = 1, name: str | None = None) -> Conv:
+    """torchvision's conv: k x k, padding k // 2, no bias. ``layers.Conv``: nn.Conv's parameter
+    (``kernel`` HWIO, same init) and values; its kernel gradient is a batch-chunked GEMM, 1-13x
+    faster than XLA:CPU's conv-based one at these shapes (see ``layers.conv2d``)."""
     p = kernel // 2
-    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
-                   use_bias=False, kernel_init=conv_init, name=name)
+    return Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
+                use_bias=False, kernel_init=conv_init, name=name)
 
 
 def batch_norm(train: bool, name: str) -> nn.BatchNorm:
