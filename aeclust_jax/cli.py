@@ -216,15 +216,8 @@ examples:
 
 def parse_options(pairs: Sequence[str]) -> dict:
     """``["size=128", "source=proc"]`` -> ``{"size": 128, "source": "proc"}`` (YAML scalars)."""
-    import yaml
-
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--option expects KEY=VALUE, got {pair!r}")
-        options[key] = yaml.safe_load(value) if value else ""
-    return options
+    from aeclust_jax.config import parse_key_values
+    return parse_key_values(pairs, "--option", UsageError)
 
 
 def data_main(argv: Sequence[str]) -> int:

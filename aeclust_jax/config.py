@@ -152,12 +152,18 @@ def config_overrides(args, cls) -> dict[str, Any]:
         if value is None:
             continue
         if _kind(f.type)[0] == "dict":
-            parsed = {}
-            for item in value:
-                key, sep, raw = item.partition("=")
-                if not sep or not key:
-                    raise ConfigError(f"--{f.name.replace('_', '-')} expects KEY=VALUE, got {item!r}")
-                parsed[key] = yaml.safe_load(raw) if raw else ""
-            value = parsed
+            value = parse_key_values(value, "--" + f.name.replace("_", "-"))
         out[f.name] = value
+    return out
+
+
+def parse_key_values(items, option: str, error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """``["size=128", "source=proc"]`` -> ``{"size": 128, "source": "proc"}`` (values as YAML
+    scalars); an item without ``=`` raises ``error`` naming ``option``."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise error(f"{option} expects KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(raw) if raw else ""
     return out

@@ -41,9 +41,17 @@ _FIRST_ROW = {"SAME": -1, "VALID": 0, "FULL": -2}
 _PADS = {"SAME": ((1, 1), (1, 1)), "VALID": ((0, 0), (0, 0)), "FULL": ((2, 2), (2, 2))}
 
 
-def _conv(x: jax.Array, kernel: jax.Array, pads: tuple) -> jax.Array:
-    """Stride-1 correlation, NHWC x HWIO, explicit ((top, bottom), (left, right)) zero padding."""
-    return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DN)
+def _conv(x: jax.Array, kernel: jax.Array, pads: tuple, stride: int = 1) -> jax.Array:
+    """Correlation, NHWC x HWIO, explicit ((top, bottom), (left, right)) zero padding."""
+    return lax.conv_general_dilated(x, kernel, (stride, stride), pads, dimension_numbers=_DN)
+
+
+def _tap(xp: jax.Array, i: int, j: int, stride: int, ho: int, wo: int) -> jax.Array:
+    """(N, Ho, Wo, C): the (strided) slice of the padded input xp that kernel tap (i, j) reads
+    for each output pixel."""
+    n, _, _, c = xp.shape
+    return lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
+                     (1, stride, stride, 1))
 
 
 def conv3x3(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
@@ -103,18 +111,9 @@ _conv_dot_wgrad.defvjp(_conv_dot_wgrad_fwd, _conv_dot_wgrad_bwd)
 _WGRAD_CHUNK_BYTES = 4 << 20
 
 
-def _conv_s(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> jax.Array:
-    return lax.conv_general_dilated(x, kernel, (stride, stride), pads, dimension_numbers=_DN)
-
-
 def _taps(xp: jax.Array, kh: int, kw: int, stride: int, ho: int, wo: int) -> jax.Array:
-    """(N, Ho, Wo, kh*kw, C): tap (i, j) is the (strided) slice of the padded input xp that
-    kernel row i, column j reads for each output pixel."""
-    n, _, _, c = xp.shape
-    return jnp.stack([lax.slice(xp, (0, i, j, 0),
-                                (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
-                                (1, stride, stride, 1))
-                      for i in range(kh) for j in range(kw)], 3)
+    """(N, Ho, Wo, kh*kw, C): every ``_tap`` of a kh x kw kernel, stacked."""
+    return jnp.stack([_tap(xp, i, j, stride, ho, wo) for i in range(kh) for j in range(kw)], 3)
 
 
 def _batch_chunk(n: int, per_image_bytes: int) -> int:
@@ -179,7 +178,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> jax.Arr
     A loop of k*k per-tap GEMMs and channel-major taps were within noise of the stacked GEMM
     once chunked; the chunk size (1-8 MB) mattered little. The kernel gradient here is never
     slower than XLA's at these shapes, so it is used for every shape."""
-    return _conv_s(x, kernel, stride, pads)
+    return _conv(x, kernel, pads, stride)
 
 
 def _conv2d_fwd(x, kernel, stride, pads):
@@ -189,7 +188,7 @@ def _conv2d_fwd(x, kernel, stride, pads):
 def _conv2d_bwd(stride, pads, res, ct):
     x, kernel = res
     # the conv is linear in x: transpose it (no recomputation of the forward pass)
-    dx = jax.linear_transpose(lambda t: _conv_s(t, kernel, stride, pads), x)(ct)[0]
+    dx = jax.linear_transpose(lambda t: _conv(t, kernel, pads, stride), x)(ct)[0]
     return dx, _conv_kernel_grad(x, ct, kernel.shape, stride, pads)
 
 
@@ -290,7 +289,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
     if one != 1 or x.shape[-1] != c:
         raise ValueError(f"depthwise_conv: kernel (k, k, 1, C) with C = the input's channels, "
                          f"got kernel {kernel.shape} for input {x.shape}")
-    n, h, w, _ = x.shape
+    _, h, w, _ = x.shape
     padding = padding.upper()
     if padding == "SAME":
         ph, pw = same_padding(h, kh, stride), same_padding(w, kw, stride)
@@ -305,10 +304,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
     y = None
     for i in range(kh):
         for j in range(kw):
-            tap = lax.slice(x, (0, i, j, 0),
-                            (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
-                            (1, stride, stride, 1))
-            t = tap * kernel[i, j, 0]
+            t = _tap(x, i, j, stride, ho, wo) * kernel[i, j, 0]
             y = t if y is None else y + t
     return y
 
