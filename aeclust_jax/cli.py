@@ -22,20 +22,8 @@ from aeclust_jax.errors import UsageError, UserError
 __all__ = ["MODEL_STUDY", "STUDY_MODULE", "UsageError", "make_parser", "prog_name", "run_main",
            "study_module", "train_main", "reproduce_main", "data_main", "peek_option"]
 
-# model name -> study module (aeclust_jax.studies.<module>) that trains it.
-MODEL_STUDY = {
-    "cae": "skip_ae", "cae_skip": "skip_ae", "dae": "skip_ae", "dae_skip": "skip_ae",
-    "mlp": "pretrain", "mlp_ae": "pretrain",
-    "dsc": "dsc",
-    **{m: "supervised" for m in ("resnet18", "resnet34", "resnet50", "vgg16", "vgg16_bn",
-                                 "efficientnet_lite0")},
-}
-# study id -> study module, for reproduce.
-STUDY_MODULE = {"s1": "skip_ae", "s3": "pretrain", "s4": "dsc"}
-STUDY_TITLE = {"skip_ae": "S1, skip connections in conv autoencoders",
-               "pretrain": "S3, autoencoder pretraining with few labels",
-               "dsc": "S4, deep subspace clustering",
-               "supervised": "Supervised backbones (S2's supervised rows, S5's classifier)"}
+# The registry of studies and their models: aeclust_jax/studies/__init__.py.
+from aeclust_jax.studies import MODEL_STUDY, STUDY_MODULE, STUDY_TITLE  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- parsers

@@ -105,10 +105,17 @@ def _check_type(name: str, value: Any, annotation: Any, source: str) -> Any:
 
 # ----------------------------------------------------------------------------- CLI from a config
 
+def field(default: Any, help: str, **meta: Any):
+    """A config dataclass field carrying its command-line help (and ``choices``) in the metadata:
+    ``lr: float = field(0.1, "peak learning rate")``; a callable default is a default factory."""
+    kw = {"default_factory": default} if callable(default) else {"default": default}
+    return dataclasses.field(metadata={"help": help, **meta}, **kw)
+
+
 def _kind(annotation: Any) -> tuple[str, bool]:
     """('int' | 'float' | 'bool' | 'str' | 'dict' | other, optional) of a field annotation."""
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__",
-                                                                  str(annotation))
+    text = (annotation if isinstance(annotation, str) else annotation.__name__
+            if isinstance(annotation, type) else str(annotation))   # tuple[int, ...], float | None
     parts = [t.strip() for t in text.split("|")]
     kinds = [t for t in parts if t != "None"]
     return (kinds[0] if len(kinds) == 1 else text), "None" in parts
@@ -117,42 +124,74 @@ def _kind(annotation: Any) -> tuple[str, bool]:
 def add_config_options(parser, cls, *, skip: tuple[str, ...] = ()) -> None:
     """One ``--field-name`` option per field of dataclass ``cls`` (fields in ``skip`` left out):
     the help is the field's ``metadata["help"]`` plus its default; bools get ``--x/--no-x``;
-    dict fields take repeatable ``KEY=VALUE`` (YAML scalars). Every option defaults to None, so
-    ``config_overrides`` keeps only what the user typed and the YAML/defaults fill the rest."""
+    dict fields take repeatable ``KEY=VALUE`` (YAML scalars; ``dataset_options`` also answers to
+    the singular ``--dataset-option``). Every option defaults to None, so ``config_overrides``
+    keeps only what the user typed and the YAML/defaults fill the rest."""
     import argparse
     defaults = cls()
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kind, _ = _kind(f.type)
+        kind, optional = _kind(f.type)
         text = f.metadata.get("help", "")
-        default = getattr(defaults, f.name)
-        shown = f" (default: {default!r})" if not isinstance(default, dict) else ""
+        default = f.metadata.get("cli_default", getattr(defaults, f.name))
+        shown = "" if isinstance(default, dict) else f" (default: {default if default != '' else repr('')})"
+        if isinstance(default, tuple):
+            shown = f" (default: {' '.join(map(str, default)) or 'none'})"
         if kind == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{text}{shown}")
+        elif kind.startswith("tuple["):
+            typ = {"tuple[int, ...]": int, "tuple[float, ...]": float}.get(kind, str)
+            parser.add_argument(flag, type=typ, nargs="*", default=None, metavar="V",
+                                help=f"{text}{shown}")
         elif kind == "dict":
-            parser.add_argument(flag, action="append", default=None, metavar="KEY=VALUE",
-                                help=f"{text} (repeatable)")
+            flags = (flag, flag[:-1]) if flag.endswith("-options") else (flag,)
+            parser.add_argument(*flags, dest=f.name, action="append", default=None,
+                                metavar="KEY=VALUE", help=f"{text} (repeatable)")
         else:
             typ = {"int": int, "float": float}.get(kind, str)
+            if optional:
+                typ = _or_none(typ)
             choices = f.metadata.get("choices")
             parser.add_argument(flag, type=typ, default=None, choices=choices,
                                 metavar=f.name.upper() if choices is None else None,
                                 help=f"{text}{shown}")
 
 
+class _NoneValue:
+    """``--x none`` typed for an optional field (None itself means "not typed")."""
+
+    def __repr__(self):
+        return "None"
+
+
+NONE = _NoneValue()
+
+
+def _or_none(typ):
+    def parse(text: str):
+        return NONE if text.lower() == "none" else typ(text)
+    parse.__name__ = typ.__name__           # argparse names the type in its error messages
+    return parse
+
+
 def config_overrides(args, cls) -> dict[str, Any]:
     """The fields of ``cls`` that the parsed ``args`` set (not None); dict fields parsed from
-    their ``KEY=VALUE`` items."""
+    their ``KEY=VALUE`` items; a field whose metadata has a ``cli_default`` (e.g. progress bars,
+    off in library calls, on for a command) gets it when not typed."""
     out = {}
     for f in dataclasses.fields(cls):
         value = getattr(args, f.name, None)
         if value is None:
+            if "cli_default" in f.metadata:
+                out[f.name] = f.metadata["cli_default"]
             continue
         if _kind(f.type)[0] == "dict":
             value = parse_key_values(value, "--" + f.name.replace("_", "-"))
+        elif value is NONE:
+            value = None
         out[f.name] = value
     return out
 

@@ -98,3 +98,36 @@ def test_bench_features_unbuildable_peer_is_one_line(monkeypatch, capsys):
     assert err.startswith("error: bench_features.py: cannot build the PyTorch peer "
                           "efficientnet_lite_pytorch EfficientNet('efficientnet-lite0')")
     assert "no such architecture here" in err
+
+
+def test_run_all_collects_each_scripts_last_line_and_fails_on_a_broken_one(tmp_path, monkeypatch,
+                                                                           capsys):
+    """run_all on three stand-in scripts: one that works, one whose peer is missing (exit 2,
+    the one-line message of _common.require_peers), one that crashes."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import run_all
+    scripts = {
+        "ok.py": 'print("warming up")\nprint(\'{"speedup": 2.5, "ours_s": 0.1}\')',
+        "nopeer.py": 'import sys\nprint("error: nopeer.py: its peer \'faiss\' is not installed '
+                     '(faiss); install the benchmark extra", file=sys.stderr)\nsys.exit(2)',
+        "broken.py": 'raise RuntimeError("shape mismatch in stage 2")',
+    }
+    for name, text in scripts.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(run_all, "HERE", tmp_path)
+    monkeypatch.setattr(run_all, "SUITE", tuple(
+        run_all.Bench(n[:-3], n, f"stage {n}", "peer", quick=("--x",)) for n in scripts))
+    monkeypatch.setattr(run_all, "NAMES", tuple(n[:-3] for n in scripts))
+    out = tmp_path / "res"
+    assert run_all.main(["--quick", "--out", str(out)]) == 1          # broken.py failed
+    report = json.loads((out / "run_all.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert rows["ok"]["status"] == "ok" and rows["ok"]["speedup"] == 2.5
+    assert rows["ok"]["result"] == {"speedup": 2.5, "ours_s": 0.1}
+    assert rows["nopeer"]["status"] == "peer missing" and "faiss" in rows["nopeer"]["error"]
+    assert rows["broken"]["status"] == "failed" and "shape mismatch" in rows["broken"]["error"]
+    md = (out / "run_all.md").read_text()
+    assert "| stage ok.py | peer | 2.50x |" in md and report["machine"]["cores"] >= 1
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["failed"] == ["broken"] and summary["speedup"]["ok"] == 2.5
+    assert run_all.main(["--quick", "--only", "ok", "--out", str(out)]) == 0

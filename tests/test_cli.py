@@ -244,3 +244,50 @@ def test_options_generated_from_a_config_dataclass():
         p.parse_args(["--mode", "c"])
     with pytest.raises(ConfigError, match="--options expects KEY=VALUE"):
         config_overrides(p.parse_args(["--options", "size"]), Cfg)
+
+
+def test_generated_options_for_tuples_none_aliases_and_command_line_defaults():
+    import dataclasses
+
+    from aeclust_jax.cli import make_parser
+    from aeclust_jax.config import add_config_options, config_overrides, field
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        widths: tuple[int, ...] = field((64, 10), "widths")
+        std: float | None = field(0.03, "init std")
+        dataset_options: dict = field(dict, "builder options")
+        progress: bool = field(False, "bars", cli_default=True)
+
+    p = make_parser("t")
+    add_config_options(p, Cfg)
+    text = " ".join(p.format_help().split())
+    assert "widths (default: 64 10)" in text and "bars (default: True)" in text
+    args = p.parse_args(["--widths", "3", "5", "7", "--std", "None", "--dataset-option", "a=1",
+                         "--dataset-options", "b=x"])
+    assert config_overrides(args, Cfg) == {"widths": [3, 5, 7], "std": None, "progress": True,
+                                           "dataset_options": {"a": 1, "b": "x"}}
+    assert config_overrides(p.parse_args(["--widths", "--no-progress"]), Cfg) == {
+        "widths": [], "progress": False}
+    with pytest.raises(UsageError, match="--std: invalid float value: 'x'"):
+        p.parse_args(["--std", "x"])
+
+
+@pytest.mark.parametrize("study", [s.module for s in __import__("aeclust_jax.studies",
+                                                                   fromlist=["STUDIES"]).STUDIES])
+def test_every_study_has_one_option_per_config_field_with_help(study):
+    """The registry's studies: each config field is an option of train.py, with its help."""
+    import dataclasses
+    import importlib
+
+    from aeclust_jax.studies import STUDIES
+    mod = importlib.import_module(f"aeclust_jax.studies.{study}")
+    (cfg_cls,) = [v for k, v in vars(mod).items() if k.endswith("Config") and
+                  dataclasses.is_dataclass(v) and v.__module__ == mod.__name__]
+    parser = mod.train_parser()
+    flags = {o for a in parser._actions for o in a.option_strings}
+    for f in dataclasses.fields(cfg_cls):
+        assert "--" + f.name.replace("_", "-") in flags, (study, f.name)
+        assert f.metadata.get("help"), (study, f.name)
+    entry = next(s for s in STUDIES if s.module == study)
+    assert entry.load() is mod and all(cli.MODEL_STUDY[m] == study for m in entry.models)

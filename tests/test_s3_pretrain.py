@@ -177,7 +177,7 @@ def test_train_cli_end_to_end(real_manual_dir, tmp_path, capsys):
     from aeclust_jax.config import load_config
     cfg = load_config(s3.S3Config, out / "config.yaml")
     ref = s3.run(cfg, *s3.load_splits(cfg))
-    assert {k: v for k, v in metrics.items() if k not in ("seconds", "scale")} == ref.metrics
+    assert {k: v for k, v in metrics.items() if k not in ("seconds", "scale", "epochs")} == ref.metrics
     assert 5.0 < metrics["psnr"] < 40.0 and 0.0 < metrics["nmi"] < 1.0
     rows = np.load(out / "labelled_rows.npy")
     assert len(rows) == 10 and rows.max() < 1000
@@ -193,6 +193,22 @@ def test_train_cli_end_to_end(real_manual_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "already holds a run" in err and "--freeze-encoder needs --model mlp_ae" in err
     assert "labels_fraction" in err
+    # --resume: a changed field other than epochs is refused (nothing rewritten); the same epochs
+    # is a no-op; more epochs continue from the checkpoints to the numbers of a run trained
+    # that long at once
+    assert run_main(s3.train_main, ["--resume", "--out", str(out), "--lr", "0.01"]) == 2
+    assert "lr" in capsys.readouterr().err and (out / "metrics.json").read_bytes() == before
+    assert run_main(s3.train_main, ["--resume", "--out", str(out), "--model", "mlp_ae"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert run_main(s3.train_main, ["--model", "mlp_ae", "--resume", "--out", str(out),
+                                    "--epochs", "3", "--no-progress"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    resumed = json.loads((out / "metrics.json").read_text())
+    ref3 = s3.run(dataclasses.replace(cfg, epochs=3), *s3.load_splits(cfg))
+    assert {k: v for k, v in resumed.items() if k not in ("seconds", "scale", "epochs")} == ref3.metrics
+    assert json.loads((out / "metrics.epochs2.json").read_text()) == metrics
+    phases = [json.loads(l)["phase"] for l in (out / "history.jsonl").read_text().splitlines()]
+    assert phases == ["autoencode"] + ["supervised"] * 3
 
 
 def test_reproduce_end_to_end_and_resume(real_manual_dir, tmp_path):

@@ -29,7 +29,8 @@ import numpy as np
 
 from aeclust_jax import runs
 from aeclust_jax.cli import make_parser, prog_name
-from aeclust_jax.config import ConfigError, load_config, to_dict
+from aeclust_jax.config import (ConfigError, add_config_options, config_overrides, field,
+                                load_config, to_dict)
 from aeclust_jax.errors import UsageError
 from aeclust_jax.models.dsc import DSCNet, dsc_net, stage_sizes
 from aeclust_jax.progress import Stages
@@ -49,21 +50,21 @@ class DSCConfig:
     finetune_iters, finetune_lr: full-batch Adam iterations of the DSC fine-tune.
     ro, d, alpha: dsc_affinity's post-processing of C (kept L1 mass fraction, subspace dim, power).
     """
-    channels: tuple[int, ...] = (15,)
-    kernel_sizes: tuple[int, ...] = (3,)
-    strides: tuple[int, ...] = (2,)
-    attention: bool = False
-    lambda1: float = 1.0
-    lambda2: float = 150.0
-    c_init: float = 1e-8
-    pretrain_epochs: int = 100
-    pretrain_batch_size: int = 0
-    pretrain_lr: float = 1e-3
-    finetune_iters: int = 40
-    finetune_lr: float = 1e-3
-    ro: float = 0.04
-    d: int = 12
-    alpha: float = 8.0
+    channels: tuple[int, ...] = field((15,), "encoder conv channels, the last = the latent's c")
+    kernel_sizes: tuple[int, ...] = field((3,), "encoder conv kernel sizes (one per layer)")
+    strides: tuple[int, ...] = field((2,), "encoder conv strides (one per layer)")
+    attention: bool = field(False, "SE channel attention on the latent during fine-tuning")
+    lambda1: float = field(1.0, "weight of ||C||^2 (>= 0)")
+    lambda2: float = field(150.0, "weight of (1/2)||Z - C Z||^2 (>= 0)")
+    c_init: float = field(1e-8, "initial value of the self-expression coefficients C")
+    pretrain_epochs: int = field(100, "epochs of the plain AE (0: none)")
+    pretrain_batch_size: int = field(0, "batch size of pretraining (0: full batch)")
+    pretrain_lr: float = field(1e-3, "Adam learning rate of pretraining")
+    finetune_iters: int = field(40, "full-batch Adam iterations of the DSC fine-tune (>= 1)")
+    finetune_lr: float = field(1e-3, "Adam learning rate of the fine-tune")
+    ro: float = field(0.04, "dsc_affinity: kept fraction of each column's L1 mass (0 < ro <= 1)")
+    d: int = field(12, "dsc_affinity: subspace dimension (>= 1)")
+    alpha: float = field(8.0, "dsc_affinity: power of the affinity (> 0)")
 
     def __post_init__(self):
         for name in ("channels", "kernel_sizes", "strides"):
@@ -73,17 +74,18 @@ class DSCConfig:
         if not (len(self.channels) == len(self.kernel_sizes) == len(self.strides) >= 1):
             raise ConfigError(f"channels {self.channels}, kernel_sizes {self.kernel_sizes} and "
                               f"strides {self.strides} must be non-empty and of equal length")
-        checks = {"pretrain_epochs": self.pretrain_epochs >= 0,
-                  "pretrain_batch_size": self.pretrain_batch_size >= 0,
-                  "finetune_iters": self.finetune_iters >= 1, "d": self.d >= 1,
-                  "pretrain_lr": self.pretrain_lr > 0, "finetune_lr": self.finetune_lr > 0,
-                  "lambda1": self.lambda1 >= 0, "lambda2": self.lambda2 >= 0,
-                  "ro": 0 < self.ro <= 1, "alpha": self.alpha > 0,
-                  "channels": min(self.channels) >= 1}
-        bad = [k for k, ok in checks.items() if not ok]
+        checks = {"pretrain_epochs": (self.pretrain_epochs >= 0, ">= 0"),
+                  "pretrain_batch_size": (self.pretrain_batch_size >= 0, ">= 0"),
+                  "finetune_iters": (self.finetune_iters >= 1, ">= 1"), "d": (self.d >= 1, ">= 1"),
+                  "pretrain_lr": (self.pretrain_lr > 0, "> 0"),
+                  "finetune_lr": (self.finetune_lr > 0, "> 0"),
+                  "lambda1": (self.lambda1 >= 0, ">= 0"), "lambda2": (self.lambda2 >= 0, ">= 0"),
+                  "ro": (0 < self.ro <= 1, "in (0, 1]"), "alpha": (self.alpha > 0, "> 0"),
+                  "channels": (min(self.channels) >= 1, ">= 1")}
+        bad = [k for k, (ok, _) in checks.items() if not ok]
         if bad:
-            raise ConfigError(f"invalid DSC config value(s) for {bad}: "
-                              + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
+            raise ConfigError("invalid DSC config: " + ", ".join(
+                f"{k}={getattr(self, k)!r} (must be {checks[k][1]})" for k in bad))
 
 
 PRESETS: dict[str, DSCConfig] = {
@@ -541,16 +543,9 @@ def train_parser() -> argparse.ArgumentParser:
                    help="named hyperparameters (coil20: DSC-Net, latent 16x16x15); auto: "
                         "auto_config from the images' shape, their number and the classes")
     p.add_argument("--config", help="YAML file of DSCConfig fields, applied over the preset")
-    p.add_argument("--latent-channels", type=int, help="c of the 16x16xc latent (last encoder layer)")
-    p.add_argument("--attention", action=argparse.BooleanOptionalAction, default=None,
-                   help="SE channel attention on the latent during fine-tuning")
-    for name, typ in (("pretrain-epochs", int), ("pretrain-batch-size", int),
-                      ("pretrain-lr", float), ("finetune-iters", int), ("finetune-lr", float),
-                      ("lambda1", float), ("lambda2", float), ("ro", float), ("d", int),
-                      ("alpha", float)):
-        field = name.replace("-", "_")
-        p.add_argument(f"--{name}", type=typ, help=f"DSCConfig.{field} (default: "
-                                                   f"{getattr(PRESETS['coil20'], field)})")
+    add_config_options(p, DSCConfig)
+    p.add_argument("--latent-channels", type=int, help="c of the 16x16xc latent (replaces the last of "
+                                                       "--channels)")
     p.add_argument("--classes", type=int, help="use only the first K classes (default: all)")
     p.add_argument("--per-class", type=int, help="use only M evenly spaced images per class (default: all)")
     p.add_argument("--seed", type=int, help="default 0")
@@ -575,9 +570,7 @@ def config_from_args(args, images: np.ndarray | None = None,
     """Preset (``auto``: ``auto_config`` of the images (N, H, W, C) and their classes) <- YAML
     (--config) <- command-line overrides; with ``saved`` (a resumed run's config.yaml) the saved
     DSCConfig fields replace the preset."""
-    overrides = {k: getattr(args, k) for k in ("attention", "pretrain_epochs", "pretrain_batch_size",
-                                               "pretrain_lr", "finetune_iters", "finetune_lr",
-                                               "lambda1", "lambda2", "ro", "d", "alpha")}
+    overrides = config_overrides(args, DSCConfig)
     if saved is not None:
         fields = {f.name for f in dataclasses.fields(DSCConfig)}
         base = DSCConfig(**{k: v for k, v in saved.items() if k in fields})

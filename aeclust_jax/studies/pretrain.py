@@ -30,7 +30,8 @@ import optax
 
 from aeclust_jax import runs, train
 from aeclust_jax.cli import make_parser, prog_name
-from aeclust_jax.config import ConfigError, config_dir, load_config, to_dict
+from aeclust_jax.config import (ConfigError, add_config_options, config_dir, config_overrides,
+                                field, load_config, to_dict)
 from aeclust_jax.errors import UsageError
 from aeclust_jax.progress import Stages
 from aeclust_jax.models.mlp import ACTIVATIONS, MLPAutoencoder, mlp_autoencoder, mlp_classifier
@@ -60,27 +61,32 @@ class S3Config:
         ae_epochs (pretraining; 0 = a random, untrained encoder).
     train_limit / test_limit: use only the first N train / test images (quick runs, tests).
     """
-    dataset: str = "mnist"
-    model: str = "mlp_ae"
-    labels_fraction: float = 0.01
-    label_sampling: str = "stratified"
-    hidden_widths: tuple[int, ...] = (10,)
-    encoder_widths: tuple[int, ...] = (10,)
-    activation: str = "relu"
-    code_activation: str = "relu"
-    freeze_encoder: bool = False
-    carry_adam_state: bool = True
-    pixel_max: float = 255.0
-    init_std: float | None = 0.03
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    adam_eps: float = 1e-8
-    batch_size: int = 10
-    ae_epochs: int = 10
-    epochs: int = 10
-    seed: int = 0
-    train_limit: int | None = None
-    test_limit: int | None = None
+    dataset: str = field("mnist", "dataset name (aeclust_jax.data)")
+    model: str = field("mlp_ae", "mlp (classifier only) or mlp_ae (autoencoder pretraining, then "
+                                 "the classifier)", choices=MODELS)
+    labels_fraction: float = field(0.01, "fraction of the train labels used (0 < f <= 1)")
+    label_sampling: str = field("stratified", "stratified (equal count per class) or random",
+                                choices=LABEL_SAMPLING)
+    hidden_widths: tuple[int, ...] = field((10,), "classifier hidden widths (none: a linear head)")
+    encoder_widths: tuple[int, ...] = field((10,), "encoder dense widths, the last = the code, "
+                                                   "e.g. 64 10")
+    activation: str = field("relu", "hidden activation", choices=tuple(ACTIVATIONS))
+    code_activation: str = field("relu", "activation of the code", choices=tuple(ACTIVATIONS))
+    freeze_encoder: bool = field(False, "keep the pretrained encoder fixed during supervised "
+                                        "training (mlp_ae)")
+    carry_adam_state: bool = field(True, "supervised training continues the encoder's Adam "
+                                         "moments (the seed's code); no: a fresh Adam")
+    pixel_max: float = field(255.0, "input scale: 255 (raw bytes, the seed) or 1")
+    init_std: float | None = field(0.03, "dense weights ~ N(0, std^2) (None: Flax's LeCun normal)")
+    optimizer: str = field("adam", "optimizer", choices=train.OPTIMIZERS)
+    lr: float = field(1e-3, "learning rate")
+    adam_eps: float = field(1e-8, "Adam's epsilon")
+    batch_size: int = field(10, "batch size (autoencoder and supervised)")
+    ae_epochs: int = field(10, "autoencoder epochs (0: a random, untrained encoder)")
+    epochs: int = field(10, "supervised epochs")
+    seed: int = field(0, "seed of the init, the label subset and the shuffling")
+    train_limit: int | None = field(None, "the first N training images (None: all)")
+    test_limit: int | None = field(None, "the first N test images (None: all)")
 
     def __post_init__(self):
         for name in ("hidden_widths", "encoder_widths"):
@@ -292,16 +298,37 @@ def classification_loss(model, pixel_max: float) -> train.steps.LossFn:
     return loss_fn
 
 
+def _fit_phase(phase: str, state, data: dict, loss_fn, cfg: S3Config, epochs: int, key: jax.Array,
+               checkpoints: pathlib.Path | None, resume: bool, progress: bool):
+    """``train.fit`` of one phase (``autoencode`` or ``supervised``); with ``checkpoints`` (a
+    folder) its checkpoints go to ``checkpoints/<phase>/`` every epoch and its history to
+    ``checkpoints/<phase>.history.jsonl``, and ``resume`` continues from the newest of them."""
+    kw: dict[str, Any] = {}
+    ckpt = None
+    if checkpoints is not None:
+        ckpt = train.Checkpointer(checkpoints / phase, every=1, keep=2)
+        kw = dict(checkpointer=ckpt, resume=resume,
+                  history_path=checkpoints / f"{phase}.history.jsonl")
+    try:
+        return train.fit(state, data, loss_fn, batch_size=cfg.batch_size, epochs=epochs, key=key,
+                         scan_epoch=True, progress=progress, desc=phase, **kw)
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+
+
 def pretrain_autoencoder(cfg: S3Config, model: MLPAutoencoder, params, images: np.ndarray,
-                         key: jax.Array, *, progress: bool = False) -> tuple[Any, Any, list[dict]]:
+                         key: jax.Array, *, progress: bool = False,
+                         checkpoints: pathlib.Path | None = None,
+                         resume: bool = False) -> tuple[Any, Any, list[dict]]:
     """Trains encoder + decoder of ``params`` on ``images`` uint8 (N, H, W, C), no labels: mean
     squared error in [0, pixel_max] units (the seed's "cost"); the head is untouched.
     Returns (params, the encoder's optimizer state, history)."""
     tx = group_optimizer(cfg.optimizer, cfg.lr, cfg.adam_eps, ("encoder", "decoder"))
     state = train.create_train_state(model, key, None, tx, params=params)
-    res = train.fit(state, {"image": images}, reconstruction_loss(model, cfg.pixel_max),
-                    batch_size=cfg.batch_size, epochs=cfg.ae_epochs, key=key, scan_epoch=True,
-                    progress=progress, desc="autoencode")
+    res = _fit_phase("autoencode", state, {"image": images},
+                     reconstruction_loss(model, cfg.pixel_max), cfg, cfg.ae_epochs, key,
+                     checkpoints, resume, progress)
     return res.state.params, res.state.opt_state.inner_states["encoder"], res.history
 
 
@@ -320,16 +347,16 @@ def classifier_state(cfg: S3Config, model, params, key: jax.Array, encoder_opt_s
 
 
 def train_classifier(cfg: S3Config, model, params, images: np.ndarray, labels: np.ndarray,
-                     key: jax.Array, *, encoder_opt_state=None,
-                     progress: bool = False) -> tuple[Any, list[dict]]:
+                     key: jax.Array, *, encoder_opt_state=None, progress: bool = False,
+                     checkpoints: pathlib.Path | None = None,
+                     resume: bool = False) -> tuple[Any, list[dict]]:
     """Supervised training of ``params`` on labelled images (N, H, W, C) uint8 / labels (N,):
     softmax cross-entropy. AE: the decoder never moves; with ``cfg.freeze_encoder`` neither does
     the encoder; else ``encoder_opt_state`` (from pretraining), when given, seeds its Adam state."""
     state = classifier_state(cfg, model, params, key, encoder_opt_state)
-    res = train.fit(state, {"image": images, "label": labels},
-                    classification_loss(model, cfg.pixel_max), batch_size=cfg.batch_size,
-                    epochs=cfg.epochs, key=key, scan_epoch=True, progress=progress,
-                    desc="supervised")
+    res = _fit_phase("supervised", state, {"image": images, "label": labels},
+                     classification_loss(model, cfg.pixel_max), cfg, cfg.epochs, key,
+                     checkpoints, resume, progress)
     return res.state.params, res.history
 
 
@@ -420,11 +447,14 @@ def limit(images: np.ndarray, labels: np.ndarray, n: int | None):
     return (images, labels) if n is None else (images[:n], labels[:n])
 
 
-def run(cfg: S3Config, train_ds, test_ds, *, pretrained=None, progress: bool = False) -> RunResult:
+def run(cfg: S3Config, train_ds, test_ds, *, pretrained=None, progress: bool = False,
+        checkpoints: pathlib.Path | None = None, resume: bool = False) -> RunResult:
     """One S3 run on Dataset splits (``images`` uint8 (N, H, W, C), ``labels`` (N,)).
 
     ``pretrained``: ``RunResult.pretrained`` of a run with the same encoder config and seed (skips
     pretraining; the reproduction shares it between experiments 3 and 4 and the sweep).
+    ``checkpoints``: a folder for each phase's checkpoints; ``resume`` continues from them (the
+    same numbers as an uninterrupted run: the keys depend on the seed and the epoch only).
     """
     x_tr, y_tr = limit(train_ds.images, train_ds.labels, cfg.train_limit)
     x_te, y_te = limit(test_ds.images, test_ds.labels, cfg.test_limit)
@@ -437,7 +467,8 @@ def run(cfg: S3Config, train_ds, test_ds, *, pretrained=None, progress: bool = F
         pretrained = {"params": params, "encoder_opt_state": None} if cfg.model == "mlp_ae" else None
         if cfg.model == "mlp_ae" and cfg.ae_epochs > 0:
             params, enc_state, history["autoencode"] = pretrain_autoencoder(
-                cfg, model, params, x_tr, keys["autoencode"], progress=progress)
+                cfg, model, params, x_tr, keys["autoencode"], progress=progress,
+                checkpoints=checkpoints, resume=resume)
             pretrained = {"params": params, "encoder_opt_state": enc_state}
     params = pretrained["params"] if pretrained is not None else params
     ae_params = params if cfg.model == "mlp_ae" else None
@@ -445,7 +476,7 @@ def run(cfg: S3Config, train_ds, test_ds, *, pretrained=None, progress: bool = F
     rows = label_rows(cfg, y_tr, k)
     params, history["supervised"] = train_classifier(
         cfg, model, params, x_tr[rows], y_tr[rows], keys["supervised"], encoder_opt_state=carried,
-        progress=progress)
+        progress=progress, checkpoints=checkpoints, resume=resume)
     stage = Stages(progress)
     metrics = evaluate(cfg, model, params, x_te, y_te, k, keys["kmeans"], stage=stage)
     if ae_params is not None:   # the AE as pretrained (frozen: encoder and decoder unchanged)
@@ -496,45 +527,28 @@ def train_parser() -> argparse.ArgumentParser:
         "pretrained classifier (mlp_ae) with a fraction of the labels, then evaluate it.\n\n"
         f"An option left out takes its value from --config (default: {DEFAULT_CONFIG.name}),\n"
         "else the default shown (S3Config's).")
-    p.add_argument("--model", required=True, choices=MODELS)
-    p.add_argument("--dataset", help=f"dataset name {_d('dataset')}")
+    add_config_options(p, S3Config)
     p.add_argument("--config", help=f"YAML config of S3Config fields (default: {DEFAULT_CONFIG.name})")
-    p.add_argument("--labels-fraction", type=float, help=f"fraction of the train labels used {_d('labels_fraction')}")
-    p.add_argument("--label-sampling", choices=LABEL_SAMPLING,
-                   help=f"stratified (equal count per class) or random {_d('label_sampling')}")
-    p.add_argument("--encoder-widths", type=int, nargs="+", metavar="W",
-                   help=f"encoder dense widths, the last = code, e.g. 64 10 {_d('encoder_widths')}")
-    p.add_argument("--hidden-widths", type=int, nargs="*", metavar="W",
-                   help=f"classifier hidden widths; none = a linear head {_d('hidden_widths')}")
-    p.add_argument("--freeze-encoder", action="store_true", default=None,
-                   help="keep the pretrained encoder fixed during supervised training")
-    p.add_argument("--epochs", type=int, help=f"supervised epochs {_d('epochs')}")
-    p.add_argument("--ae-epochs", type=int, help=f"autoencoder epochs; 0 = random encoder {_d('ae_epochs')}")
-    p.add_argument("--batch-size", type=int, help=_d("batch_size"))
-    p.add_argument("--lr", type=float, help=_d("lr"))
-    p.add_argument("--pixel-max", type=float, help=f"input scale: 255 (raw bytes, the seed) or 1 {_d('pixel_max')}")
-    p.add_argument("--seed", type=int, help=_d("seed"))
-    p.add_argument("--train-limit", type=int, help="use the first N training images (default: all)")
-    p.add_argument("--test-limit", type=int, help="evaluate on the first N test images (default: all)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars or lines (data preparation, training, evaluation stages)")
     p.add_argument("--out", help="run folder (default runs/<dataset>-<model>-lf<fraction>-<seed>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoints (only --epochs may differ: "
+                        "a larger one trains the classifier on)")
     return p
 
 
 def config_from_args(args) -> S3Config:
-    """Defaults <- configs/s3_mnist.yaml (or --config) <- flags."""
-    over = {"model": args.model, "dataset": args.dataset, "labels_fraction": args.labels_fraction,
-            "label_sampling": args.label_sampling,
-            "encoder_widths": args.encoder_widths, "hidden_widths": args.hidden_widths,
-            "freeze_encoder": args.freeze_encoder, "epochs": args.epochs,
-            "ae_epochs": args.ae_epochs, "batch_size": args.batch_size, "lr": args.lr,
-            "pixel_max": args.pixel_max, "seed": args.seed, "train_limit": args.train_limit,
-            "test_limit": args.test_limit}
-    path = args.config
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG
-    cfg = load_config(S3Config, path, over)
+    """Defaults <- configs/s3_mnist.yaml (or --config) <- options typed."""
+    over = config_overrides(args, S3Config)
+    saved = pathlib.Path(args.out or "") / "config.yaml"
+    if args.resume and args.out and saved.is_file():
+        cfg = load_config(S3Config, None, over, base=load_config(S3Config, saved))
+    else:
+        path = args.config
+        if path is None and DEFAULT_CONFIG.is_file():
+            path = DEFAULT_CONFIG
+        cfg = load_config(S3Config, path, over)
     if cfg.freeze_encoder and cfg.model != "mlp_ae":
         raise ConfigError("--freeze-encoder needs --model mlp_ae (the plain mlp has no encoder)")
     return cfg
@@ -552,17 +566,48 @@ def write_run(out: pathlib.Path, result: RunResult) -> None:
     runs.write_json(out / "metrics.json", {**result.metrics, "scale": runs.SCALE})
 
 
+RESUME_MAY_DIFFER = ("epochs",)
+
+
+def _check_resume(cfg: S3Config, out: pathlib.Path) -> bool:
+    """--resume: refuses a config that differs from the saved one in anything but ``epochs``;
+    True when the run is already complete with ``cfg.epochs`` (nothing to do). Reads only."""
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume: {out} holds no config.yaml (not a run of train.py)")
+    runs.check_resume_config(runs.read_config(saved), to_dict(cfg), saved,
+                             may_differ=RESUME_MAY_DIFFER)
+    done = runs.is_complete(out)
+    if done and runs.read_json(out / "metrics.json").get("epochs", cfg.epochs) > cfg.epochs:
+        raise ConfigError(f"--resume: {out} is already trained for more than {cfg.epochs} "
+                          "epochs; --epochs can only grow")
+    return done and runs.read_json(out / "metrics.json").get("epochs") == cfg.epochs
+
+
 def train_main(argv: Sequence[str]) -> int:
     args = train_parser().parse_args(list(argv))
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out, the run folder to continue")
     cfg = config_from_args(args)
     out = pathlib.Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-lf{cfg.labels_fraction:g}-{cfg.seed}")
-    runs.check_run_dir(out, resumable=False)   # config, folder, data: all checked before writing
+    runs.check_run_dir(out, resume=args.resume)   # config, folder, data: all checked before writing
+    if args.resume and _check_resume(cfg, out):
+        print(f"{out} is already complete with {cfg.epochs} epochs; nothing to do")
+        return 0
     train_ds, test_ds = load_splits(cfg, progress=not args.no_progress)
     check_data(cfg, train_ds, test_ds)
-    out = runs.prepare_run_dir(out, resumable=False)
+    out = runs.prepare_run_dir(out, resume=args.resume)
+    if args.resume:
+        previous = out / "metrics.json"
+        if previous.is_file():
+            previous.replace(out / f"metrics.epochs{runs.read_json(previous)['epochs']}.json")
+        print(f"resuming {out} (its checkpoints: autoencoder and classifier) to {cfg.epochs} epochs")
+    runs.write_config(out / "config.yaml", to_dict(cfg))
     t0 = time.perf_counter()
-    result = run(cfg, train_ds, test_ds, progress=not args.no_progress)
+    result = run(cfg, train_ds, test_ds, progress=not args.no_progress,
+                 checkpoints=out / "checkpoints", resume=args.resume)
     result.metrics["seconds"] = time.perf_counter() - t0
+    result.metrics["epochs"] = cfg.epochs
     write_run(out, result)
     keys = ("accuracy", "psnr", "nmi", "pretrained_nmi", "labels_used")
     print(" ".join(f"{k}={result.metrics[k]:.4g}" for k in keys if k in result.metrics))

@@ -26,7 +26,8 @@ import numpy as np
 
 from aeclust_jax import runs, train
 from aeclust_jax.cli import make_parser, prog_name
-from aeclust_jax.config import ConfigError, config_dir, load_config, to_dict
+from aeclust_jax.config import (ConfigError, add_config_options, config_dir, config_overrides,
+                                field, load_config, parse_key_values, to_dict)
 from aeclust_jax.errors import UsageError
 from aeclust_jax.models import get_model
 from aeclust_jax.progress import Stages
@@ -42,32 +43,42 @@ CONFIG_DIR = config_dir()
 @dataclasses.dataclass(frozen=True)
 class S1Config:
     """One S1 run. Defaults are the authors' MNIST code; configs/s1_<dataset>.yaml override them."""
-    model: str = "dae_skip"
-    dataset: str = "mnist"
-    epochs: int = 25
-    batch_size: int = 32
-    optimizer: str = "adadelta"          # adadelta (Keras 2020 defaults) | adam | sgd
-    lr: float | None = None              # None: the optimizer's default (adadelta 1.0)
-    noise_std: float = 0.5               # dae*: x + noise_std * N(0, 1), clipped to [0, 1]
-    noisy_target: bool = False           # True: the authors' code (target = the noisy input)
-    latent_skip: str = "random"          # random: fixed seeded projections (faithful) | trained
-    aux_weight: float = 1.0              # latent_skip=trained: weight of the auxiliary loss
-    seed: int = 0
-    last_batch: str = "pad"              # pad (Keras: every row once, last batch masked) | drop
-    upsample: str = "subpixel"           # up x2 + conv as one conv (exact) | repeat | broadcast | resize
-    train_limit: int = 0                 # use the first N training images (0: all)
-    test_limit: int = 0                  # evaluate PSNR on the first N test images (0: all)
-    n_cluster: int = 3000                # first N test images for t-SNE / K-means
-    kmeans_n_init: int = 10
-    tsne_backend: str = "auto"
-    tsne_iter: int = 750                 # after 250 early-exaggeration iterations: sklearn's 1000
-    eval_every: int = 0                  # > 0: PSNR + NMI in history every N epochs (Fig. 4)
-    eval_batch: int = 1000
-    checkpoint_every: int = 5
-    keep_checkpoints: int = 3
-    dataset_options: dict = dataclasses.field(default_factory=dict)   # load(name, **options)
-    progress: bool = False               # progress bars and lines (the CLI turns them on)
-    scan_epoch: bool = False             # an epoch as one lax.scan (same numbers; fast on a GPU)
+    model: str = field("dae_skip", "autoencoder", choices=MODELS)
+    dataset: str = field("mnist", "dataset (28x28: mnist, fashion_mnist; 100x100: hanja, "
+                                  "hanja_synth)", choices=DATASETS)
+    epochs: int = field(25, "training epochs")
+    batch_size: int = field(32, "global batch size (a multiple of the devices)")
+    optimizer: str = field("adadelta", "optimizer (adadelta: Keras 2020 defaults)",
+                           choices=train.OPTIMIZERS)
+    lr: float | None = field(None, "learning rate (None: the optimizer's own; adadelta 1.0)")
+    noise_std: float = field(0.5, "dae*: input noise std (x + std * N(0, 1), clipped to [0, 1])")
+    noisy_target: bool = field(False, "dae*: the target is the noisy input (the authors' code), "
+                                      "not the clean image")
+    latent_skip: str = field("random", "latent+skip feature: random (fixed seeded projections, "
+                                       "faithful) or trained (auxiliary loss)",
+                             choices=LATENT_SKIP_MODES)
+    aux_weight: float = field(1.0, "latent_skip=trained: weight of the auxiliary loss")
+    seed: int = field(0, "seed of the init, the noise, the shuffling and the evaluation")
+    last_batch: str = field("pad", "pad (Keras: every row once, the last batch masked) or drop",
+                            choices=("pad", "drop"))
+    upsample: str = field("subpixel", "decoder upsampling: subpixel (up x2 + conv as one conv, "
+                                      "exact), repeat, broadcast or resize",
+                          choices=UPSAMPLE_METHODS)
+    train_limit: int = field(0, "the first N training images (0: all)")
+    test_limit: int = field(0, "PSNR on the first N test images (0: all)")
+    n_cluster: int = field(3000, "the first N test images for t-SNE / K-means")
+    kmeans_n_init: int = field(10, "K-means restarts")
+    tsne_backend: str = field("auto", "t-SNE backend", choices=TSNE_BACKENDS)
+    tsne_iter: int = field(750, "t-SNE iterations after the 250 of early exaggeration "
+                                "(scikit-learn's 1000 in all)")
+    eval_every: int = field(0, "PSNR + NMI into history.jsonl every N epochs (0: off; Fig. 4)")
+    eval_batch: int = field(1000, "batch size of evaluation")
+    checkpoint_every: int = field(5, "checkpoint every N epochs")
+    keep_checkpoints: int = field(3, "checkpoints kept")
+    dataset_options: dict = field(dict, "options of the dataset builder, e.g. train_per_class=100")
+    progress: bool = field(False, "progress bars and stage lines (off in library calls)",
+                           cli_default=True)
+    scan_epoch: bool = field(False, "each epoch as one lax.scan (same numbers; much faster on a GPU)")
 
     def validate(self) -> "S1Config":
         for name, value, choices in (("model", self.model, MODELS), ("dataset", self.dataset, DATASETS),
@@ -430,94 +441,40 @@ def plot_feature_maps(extra, model: str, path, *, title: str) -> pathlib.Path | 
 
 # ----------------------------------------------------------------------------- CLI: train
 
-_DEFAULTS = S1Config()
-
-
-def _d(name: str) -> str:
-    return f"(default: {getattr(_DEFAULTS, name)})"
-
-
 def train_parser() -> argparse.ArgumentParser:
-    """The options of ``train.py --model cae|cae_skip|dae|dae_skip``."""
+    """The options of ``train.py --model cae|cae_skip|dae|dae_skip``: one per S1Config field."""
     p = make_parser(
         prog=prog_name("train.py"),
         description="Train and evaluate one S1 autoencoder (cae, cae_skip, dae, dae_skip).\n\n"
                     "An option left out takes its value from --config (default:\n"
                     "configs/s1_<dataset>.yaml when present), else the default shown.")
-    p.add_argument("--model", required=True, choices=MODELS)
-    p.add_argument("--dataset", default="mnist", help=f"one of {', '.join(DATASETS)}")
+    add_config_options(p, S1Config)
     p.add_argument("--config", help="YAML config of S1Config fields (default: configs/s1_<dataset>.yaml "
                                     "when present)")
-    p.add_argument("--epochs", type=int, help=_d("epochs"))
-    p.add_argument("--batch-size", type=int, help=_d("batch_size"))
-    p.add_argument("--optimizer", help=f"one of {', '.join(train.OPTIMIZERS)} {_d('optimizer')}")
-    p.add_argument("--lr", type=float, help="learning rate (default: the optimizer's; adadelta 1.0)")
-    p.add_argument("--noise-std", type=float, help=f"dae*: input noise std {_d('noise_std')}")
-    p.add_argument("--noisy-target", action="store_true", default=None,
-                   help="denoising target = the noisy input (the authors' code), not the clean image")
-    p.add_argument("--latent-skip", help=f"random (faithful, fixed projections) | trained (auxiliary "
-                                         f"loss) {_d('latent_skip')}")
-    p.add_argument("--seed", type=int, help=_d("seed"))
-    p.add_argument("--train-limit", type=int, help="use the first N training images (default: all)")
-    p.add_argument("--test-limit", type=int, help="evaluate PSNR on the first N test images (default: all)")
-    p.add_argument("--n-cluster", type=int, help=f"first N test images for t-SNE/K-means {_d('n_cluster')}")
-    p.add_argument("--eval-every", type=int, help="PSNR + NMI every N epochs into history.jsonl "
-                                                  "(default: 0, off)")
-    p.add_argument("--checkpoint-every", type=int, help=f"epochs {_d('checkpoint_every')}")
-    p.add_argument("--upsample", help=f"subpixel | repeat | broadcast | resize {_d('upsample')}")
-    p.add_argument("--last-batch", help=f"pad | drop {_d('last_batch')}")
-    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="option of the dataset builder, e.g. train_per_class=100 (repeatable)")
-    p.add_argument("--scan-epoch", action="store_true", default=None,
-                   help="run each epoch as one lax.scan (same numbers; much faster on a GPU)")
-    p.add_argument("--tsne-backend", help=f"{' | '.join(TSNE_BACKENDS)} {_d('tsne_backend')}")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bars or lines (data preparation, training, evaluation stages)")
     p.add_argument("--out", help="run folder (default runs/<dataset>-<model>-<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     return p
 
 
-def _parse_kv(items: Sequence[str]) -> dict:
-    import yaml
-    opts = {}
-    for item in items:
-        if "=" not in item:
-            raise UsageError(f"--dataset-option expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        opts[k] = yaml.safe_load(v)
-    return opts
-
-
 def config_from_args(args) -> S1Config:
-    """Defaults <- configs/s1_<dataset>.yaml (or --config) <- flags; --resume starts from the
-    run's saved config.yaml instead."""
-    if args.dataset not in DATASETS:
-        raise UsageError(f"unknown dataset {args.dataset!r}; choices: {', '.join(DATASETS)}")
-    over = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
-            "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
-            "noise_std": args.noise_std, "noisy_target": args.noisy_target,
-            "latent_skip": args.latent_skip, "seed": args.seed, "train_limit": args.train_limit,
-            "test_limit": args.test_limit, "n_cluster": args.n_cluster, "eval_every": args.eval_every,
-            "checkpoint_every": args.checkpoint_every, "upsample": args.upsample,
-            "last_batch": args.last_batch, "scan_epoch": args.scan_epoch,
-            "tsne_backend": args.tsne_backend,
-            "dataset_options": _parse_kv(args.dataset_option) or None,
-            "progress": not args.no_progress}
+    """Defaults <- configs/s1_<dataset>.yaml (or --config) <- options typed; --resume starts from
+    the run's saved config.yaml instead."""
+    over = config_overrides(args, S1Config)
     saved = pathlib.Path(args.out or "") / "config.yaml"
     if args.resume and args.out and saved.is_file():
-        base = load_config(S1Config, saved)
-        return load_config(S1Config, None, over, base=base)
+        return load_config(S1Config, None, over, base=load_config(S1Config, saved))
+    dataset = args.dataset or S1Config.dataset
     path = args.config
-    if path is None and (CONFIG_DIR / f"s1_{args.dataset}.yaml").is_file():
-        path = CONFIG_DIR / f"s1_{args.dataset}.yaml"
+    if path is None and (CONFIG_DIR / f"s1_{dataset}.yaml").is_file():
+        path = CONFIG_DIR / f"s1_{dataset}.yaml"
     return load_config(S1Config, path, over)
 
 
 def train_main(argv: Sequence[str]) -> int:
     args = train_parser().parse_args(list(argv))
     if args.out is None:   # the default folder, also where --resume looks for config.yaml
-        args.out = f"runs/{args.dataset}-{args.model}-{0 if args.seed is None else args.seed}"
+        args.out = (f"runs/{args.dataset or S1Config.dataset}-{args.model or S1Config.model}-"
+                    f"{args.seed or 0}")
     cfg = config_from_args(args).validate()
     out = pathlib.Path(args.out)
     metrics = run(cfg, out, resume=args.resume)
@@ -547,7 +504,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="override the configs' learning rate")
     p.add_argument("--train-limit", type=int, help="first N training images per dataset (default: all)")
     p.add_argument("--test-limit", type=int, help="first N test images per dataset (default: all)")
-    p.add_argument("--n-cluster", type=int, help=f"test images clustered {_d('n_cluster')}")
+    p.add_argument("--n-cluster", type=int, help=f"test images clustered (default: {S1Config.n_cluster})")
     p.add_argument("--eval-every", type=int, default=None,
                    help="PSNR/NMI every N epochs for cae (Fig. 4); default epochs // 5, 0 = off")
     p.add_argument("--trained-latent-skip", action="store_true",
@@ -573,7 +530,7 @@ def _dataset_options(items: Sequence[str]) -> dict[str, dict]:
         if ":" not in item:
             raise UsageError(f"--dataset-option expects DATASET:KEY=VALUE, got {item!r}")
         ds, kv = item.split(":", 1)
-        opts.setdefault(ds, {}).update(_parse_kv([kv]))
+        opts.setdefault(ds, {}).update(parse_key_values([kv], "--dataset-option", UsageError))
     return opts
 
 

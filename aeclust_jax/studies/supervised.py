@@ -25,58 +25,52 @@ import numpy as np
 
 from aeclust_jax import runs, train
 from aeclust_jax.cli import make_parser, prog_name
-from aeclust_jax.config import (ConfigError, add_config_options, config_overrides, load_config,
-                                to_dict)
+from aeclust_jax.config import (ConfigError, add_config_options, config_overrides, field,
+                                load_config, to_dict)
 from aeclust_jax.train import supervised as sup
 
 MODELS = ("resnet18", "resnet34", "resnet50", "vgg16", "vgg16_bn", "efficientnet_lite0")
 STEMS = ("auto", "small", "imagenet")
 
 
-def _f(default, help: str, **meta):
-    """A config field with its CLI help (and choices) in the metadata."""
-    kw = {"default_factory": default} if callable(default) else {"default": default}
-    return dataclasses.field(metadata={"help": help, **meta}, **kw)
-
-
 @dataclasses.dataclass(frozen=True)
 class SupervisedConfig:
     """One supervised run. Defaults: the usual CIFAR recipe (SGD 0.1, momentum 0.9, weight decay
     5e-4, cosine, crop + flip)."""
-    model: str = _f("resnet18", "backbone", choices=MODELS)
-    dataset: str = _f("image_folder", "dataset name (aeclust_jax.data)")
-    path: str = _f("", "image_folder: the folder or .zip/.tar archive of the images")
-    dataset_options: dict = _f(dict, "more options of the dataset builder, e.g. channels=3")
-    image_size: int = _f(0, "resize the images to S x S on the device (0: as stored)")
-    stem: str = _f("auto", "ResNet stem: small (3x3, no max pool; for inputs <= 64 px), imagenet, "
+    model: str = field("resnet18", "backbone", choices=MODELS)
+    dataset: str = field("image_folder", "dataset name (aeclust_jax.data)")
+    path: str = field("", "image_folder: the folder or .zip/.tar archive of the images")
+    dataset_options: dict = field(dict, "more options of the dataset builder, e.g. channels=3")
+    image_size: int = field(0, "resize the images to S x S on the device (0: as stored)")
+    stem: str = field("auto", "ResNet stem: small (3x3, no max pool; for inputs <= 64 px), imagenet, "
                            "or auto (small below 64 px)", choices=STEMS)
-    embed_dim: int = _f(0, "ResNet/VGG: a Dense embedding of this width before the classifier "
+    embed_dim: int = field(0, "ResNet/VGG: a Dense embedding of this width before the classifier "
                            "(S2's 128-d features; 0: none)")
-    pretrained: str = _f("", "start from weights: a torchvision .pth (resnet*, vgg*), or 'imagenet' "
+    pretrained: str = field("", "start from weights: a torchvision .pth (resnet*, vgg*), or 'imagenet' "
                              "(efficientnet_lite0's shipped weights); the head is new")
-    backbone_lr_scale: float = _f(1.0, "learning rate of the pretrained layers relative to the head "
+    backbone_lr_scale: float = field(1.0, "learning rate of the pretrained layers relative to the head "
                                        "(0 freezes them)")
-    epochs: int = _f(10, "training epochs")
-    batch_size: int = _f(128, "global batch size (a multiple of the devices)")
-    optimizer: str = _f("sgd", "optimizer", choices=sup.CLASSIFIER_OPTIMIZERS)
-    lr: float = _f(0.1, "peak learning rate")
-    momentum: float = _f(0.9, "sgd momentum")
-    weight_decay: float = _f(5e-4, "weight decay on the kernels")
-    schedule: str = _f("cosine", "learning-rate schedule", choices=sup.SCHEDULES)
-    warmup_epochs: int = _f(0, "linear warmup epochs (cosine, step, constant)")
-    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
-    augment: bool = _f(True, "random crop (zero padding) + horizontal flip on the device")
-    crop_pad: int = _f(4, "padding of the random crop, pixels (at the stored size)")
-    train_per_class: int = _f(0, "a seeded class-balanced subset of the training split: this "
+    epochs: int = field(10, "training epochs")
+    batch_size: int = field(128, "global batch size (a multiple of the devices)")
+    optimizer: str = field("sgd", "optimizer", choices=sup.CLASSIFIER_OPTIMIZERS)
+    lr: float = field(0.1, "peak learning rate")
+    momentum: float = field(0.9, "sgd momentum")
+    weight_decay: float = field(5e-4, "weight decay on the kernels")
+    schedule: str = field("cosine", "learning-rate schedule", choices=sup.SCHEDULES)
+    warmup_epochs: int = field(0, "linear warmup epochs (cosine, step, constant)")
+    label_smoothing: float = field(0.0, "label smoothing of the cross-entropy")
+    augment: bool = field(True, "random crop (zero padding) + horizontal flip on the device")
+    crop_pad: int = field(4, "padding of the random crop, pixels (at the stored size)")
+    train_per_class: int = field(0, "a seeded class-balanced subset of the training split: this "
                                  "many per class (S2: 500 = 5k labels; 0: all)")
-    train_limit: int = _f(0, "the first N training images (0: all)")
-    test_limit: int = _f(0, "the first N test images (0: all)")
-    seed: int = _f(0, "seed of the init, the subset, the shuffling and the augmentation")
-    eval_every: int = _f(1, "test accuracy every N epochs (and after the last)")
-    eval_batch: int = _f(500, "batch size of evaluation")
-    checkpoint_every: int = _f(1, "checkpoint every N epochs")
-    keep_checkpoints: int = _f(2, "checkpoints kept")
-    progress: bool = _f(True, "progress bars and stage lines")
+    train_limit: int = field(0, "the first N training images (0: all)")
+    test_limit: int = field(0, "the first N test images (0: all)")
+    seed: int = field(0, "seed of the init, the subset, the shuffling and the augmentation")
+    eval_every: int = field(1, "test accuracy every N epochs (and after the last)")
+    eval_batch: int = field(500, "batch size of evaluation")
+    checkpoint_every: int = field(1, "checkpoint every N epochs")
+    keep_checkpoints: int = field(2, "checkpoints kept")
+    progress: bool = field(True, "progress bars and stage lines")
 
     def validate(self) -> "SupervisedConfig":
         from aeclust_jax.data import DATASETS
