@@ -87,3 +87,74 @@ def test_bad_input():
         spectral(-np.ones((3, 3)), 2, key=0)
     with pytest.raises(ValueError, match="exceeds N"):
         dsc_affinity(np.eye(10), 2, d=12)
+
+
+# ----------------------------------------------------------------------------- eigensolvers
+
+def _projector_numpy(m, k):
+    """Reference: the projector onto the k leading eigenvectors of m by numpy's float64 eigh."""
+    w, v = np.linalg.eigh(m)
+    u = v[:, np.argsort(w)[::-1][:k]]
+    return u @ u.T, np.sort(w)[::-1][:k]
+
+
+def _normalised(a):
+    a = 0.5 * (a + a.T)
+    d = a.sum(1)
+    s = np.where(d > 0, 1 / np.sqrt(np.where(d > 0, d, 1)), 0)
+    return s[:, None] * a * s[None, :]
+
+
+def _graphs():
+    rng = np.random.default_rng(7)
+    y = np.repeat(np.arange(6), 25)
+    noisy = np.where(y[:, None] == y[None, :], 0.6, 0.05) * rng.random((150, 150))
+    # DSC-like: exactly disconnected blocks, eigenvalue 1 six times, ties inside the blocks
+    blocks = np.where(y[:, None] == y[None, :], 1.0, 0.0) * rng.integers(1, 3, (150, 150))
+    isolated = noisy.copy()
+    isolated[:5] = isolated[:, :5] = 0.0                     # five nodes of degree 0
+    constant_blocks = np.where(y[:, None] == y[None, :], 0.5, 0.0) + np.where(
+        (y[:, None] // 3) == (y[None, :] // 3), 1e-3, 0.0)   # near-degenerate: 2 groups of 3
+    return {"noisy": noisy, "blocks": blocks, "isolated": isolated, "constant": constant_blocks}
+
+
+@pytest.mark.parametrize("name", sorted(_graphs()))
+def test_shift_invert_matches_numpy_eigh(name):
+    """The k leading eigenpairs of D^-1/2 A D^-1/2: the same eigenvalues and the same invariant
+    subspace (projector) as numpy's full eigh, on noisy blocks, exactly disconnected blocks with
+    integer ties, isolated nodes and near-degenerate constant blocks."""
+    from aeclust_jax.cluster._spectral import leading_eigvecs_shift_invert
+    m = _normalised(_graphs()[name])
+    for k in (2, 6):
+        if name in ("constant", "blocks") and k == 2:
+            continue         # eigenvalue 1 (blocks) or 2 = 3 (constant): no unique 2-d subspace
+        p_ref, w_ref = _projector_numpy(m, k)
+        u, w, res, iters = leading_eigvecs_shift_invert(m, k)
+        np.testing.assert_allclose(w, w_ref, atol=1e-7)
+        np.testing.assert_allclose(u @ u.T, p_ref, atol=1e-6)
+        assert res < 1e-8 and iters <= 100
+
+
+def test_spectral_solvers_give_the_same_clusters_and_fall_back():
+    import aeclust_jax.cluster._spectral as sp
+    g = _graphs()["isolated"]
+    a, b = (np.asarray(spectral_embedding(g, 6, solver=s)) for s in ("shift_invert", "eigh"))
+    np.testing.assert_allclose(a @ a.T, b @ b.T, atol=2e-4)     # rows: unit length, same angles
+    assert np.all(a[:5] == 0) and np.allclose(np.linalg.norm(a[5:], axis=1), 1, atol=1e-5)
+    labels = {s: np.asarray(spectral(g, 6, key=0, solver=s)) for s in ("shift_invert", "eigh")}
+    assert adjusted_rand_score(labels["eigh"], labels["shift_invert"]) == 1.0
+    # no convergence within max_iter -> None, and spectral_embedding falls back to eigh
+    assert sp.leading_eigvecs_shift_invert(_normalised(g), 6, max_iter=1, tol=0.0) is None
+    orig = sp.leading_eigvecs_shift_invert
+    try:
+        sp.leading_eigvecs_shift_invert = lambda *a, **k: None
+        np.testing.assert_array_equal(np.asarray(spectral_embedding(g, 6)), b)
+    finally:
+        sp.leading_eigvecs_shift_invert = orig
+    # under jit, auto means eigh; shift_invert (host float64) says it cannot be traced
+    jitted = jax.jit(lambda x: spectral_embedding(x, 6))(g)
+    np.testing.assert_allclose(np.asarray(jitted), b, atol=1e-6)
+    with pytest.raises(ValueError, match="under jit use solver='eigh'"):
+        jax.jit(lambda x: spectral_embedding(x, 6, solver="shift_invert"))(g)
+    with pytest.raises(ValueError, match="solver must be"):
+        spectral_embedding(g, 6, solver="arpack")
