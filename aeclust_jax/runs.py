@@ -59,9 +59,12 @@ def check_run_dir(out: str | os.PathLike, *, resume: bool = False,
 
 def prepare_run_dir(out: str | os.PathLike, *, resume: bool = False,
                     resumable: bool = True) -> pathlib.Path:
-    """``check_run_dir``, then creates ``out`` (and its parents) for a new run."""
+    """``check_run_dir``, then creates ``out`` (and its parents) for a new run. In a
+    multi-process run every process checks first (a barrier), then process 0 creates it."""
+    from aeclust_jax.train.sharding import is_main_process, sync
     out = check_run_dir(out, resume=resume, resumable=resumable)
-    if not resume:
+    sync(f"run folder {out} checked")
+    if not resume and is_main_process():
         make_dir(out)
     return out
 
@@ -82,7 +85,11 @@ def is_complete(out: str | os.PathLike) -> bool:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temp file + rename, so readers never see half of it."""
+    """Writes ``text`` to ``path`` through a temp file + rename, so readers never see half of it.
+    In a multi-process run only process 0 writes (the others return at once)."""
+    from aeclust_jax.train.sharding import is_main_process
+    if not is_main_process():
+        return
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

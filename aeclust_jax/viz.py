@@ -31,8 +31,12 @@ def figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] = (5,
 
 
 def save(fig, path, *, dpi: int = 110) -> pathlib.Path:
-    """Writes ``fig`` to ``path`` (PNG; parent folders created) and returns the path."""
+    """Writes ``fig`` to ``path`` (PNG; parent folders created) and returns the path (only
+    process 0 writes in a multi-process run)."""
+    from aeclust_jax.train.sharding import is_main_process
     path = pathlib.Path(path)
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path

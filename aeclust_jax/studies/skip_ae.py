@@ -337,7 +337,8 @@ def run(cfg: S1Config, out: str | pathlib.Path, *, resume: bool = False) -> dict
     timings = {"load": load_seconds}
     metrics, arrays = evaluate(model, params, te, cfg, mesh, timings=timings, progress=cfg.progress)
     extra = samples_and_maps(model, params, te.images, model.noise_std, cfg.seed)
-    np.savez_compressed(out / "eval.npz", **arrays, **extra, class_names=np.asarray(te.class_names))
+    if train.is_main_process():
+        np.savez_compressed(out / "eval.npz", **arrays, **extra, class_names=np.asarray(te.class_names))
     with Stages(cfg.progress, timings=timings)("figures", f"figures into {out / 'figures'}"):
         _run_figures(out, cfg, arrays, extra, te, metrics)
     train_seconds = sum(r["seconds"] for r in result.history)

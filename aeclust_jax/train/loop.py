@@ -19,7 +19,7 @@ import numpy as np
 
 from aeclust_jax.errors import UserError
 from aeclust_jax.train.checkpoint import Checkpointer
-from aeclust_jax.train.sharding import make_mesh, replicate, shard_rows
+from aeclust_jax.train.sharding import is_main_process, make_mesh, replicate, shard_rows, sync
 from aeclust_jax.train.steps import (LossFn, make_epoch_fn, make_epoch_scan, make_train_step,
                                      steps_per_epoch)
 
@@ -57,11 +57,13 @@ class History:
             return
         recs = [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
         self.records = [r for r in recs if r.get("epoch", 0) <= upto_epoch]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        sync("history loaded")             # every process has read it before process 0 rewrites
+        if is_main_process():
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
 
     def append(self, rec: dict) -> None:
         self.records.append(rec)
-        if self.path is not None:
+        if self.path is not None and is_main_process():     # one writer in a multi-process run
             with self.path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
 
@@ -143,7 +145,7 @@ def fit(state, data: dict[str, np.ndarray], loss_fn: LossFn, *, batch_size: int,
     if resume and checkpointer is not None:
         state, start = checkpointer.restore_latest(state)
         history.load(start)
-    elif history.path is not None and history.path.exists():
+    elif history.path is not None and history.path.exists() and is_main_process():
         history.path.unlink()
     state = replicate(state, mesh)
     arrays = {k: shard_rows(v, mesh) for k, v in data.items()}

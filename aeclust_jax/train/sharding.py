@@ -24,14 +24,52 @@ _initialized = False
 
 
 def maybe_initialize_distributed() -> bool:
-    """Runs ``jax.distributed.initialize()`` once when the launcher asked for multi-host."""
+    """Runs ``jax.distributed.initialize`` once when the launch asked for several processes.
+
+    ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0) with ``AECLUST_NUM_PROCESSES`` and
+    ``AECLUST_PROCESS_ID`` (what ``python -m aeclust_jax.launch`` sets), or ``AECLUST_DISTRIBUTED=1``
+    alone under a cluster JAX detects by itself (Slurm, Open MPI, Cloud TPU). On CPU the
+    collectives go through gloo. ``AECLUST_HEARTBEAT_TIMEOUT`` (seconds, default 100): how long
+    the others wait for a process that stopped answering before they fail.
+    Returns whether this process is part of a multi-process run.
+    """
     global _initialized
     if _initialized:
         return True
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("AECLUST_DISTRIBUTED") == "1":
-        jax.distributed.initialize()
-        _initialized = True
-    return _initialized
+    env = os.environ
+    if not (env.get("JAX_COORDINATOR_ADDRESS") or env.get("AECLUST_DISTRIBUTED") == "1"):
+        return False
+    kw = {}
+    if env.get("AECLUST_NUM_PROCESSES"):
+        kw["num_processes"] = int(env["AECLUST_NUM_PROCESSES"])
+        kw["process_id"] = int(env["AECLUST_PROCESS_ID"])
+    if env.get("AECLUST_HEARTBEAT_TIMEOUT"):
+        kw["heartbeat_timeout_seconds"] = int(env["AECLUST_HEARTBEAT_TIMEOUT"])
+    if env.get("JAX_PLATFORMS", "").split(",")[0] == "cpu" or not _has_accelerator():
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kw)
+    _initialized = True
+    return True
+
+
+def _has_accelerator() -> bool:
+    """Whether a GPU/TPU plugin is installed (checked without initialising a backend)."""
+    import importlib.util
+    return any(importlib.util.find_spec(m) is not None
+               for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu"))
+
+
+def is_main_process() -> bool:
+    """True on process 0 (or in a single-process run): the one that writes files and prints.
+    Asks JAX only once ``maybe_initialize_distributed`` has run (so it never starts a backend)."""
+    return not _initialized or jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """A barrier over all processes (nothing in a single-process run)."""
+    if _initialized and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 def make_mesh(devices=None) -> Mesh:
