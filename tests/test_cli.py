@@ -283,7 +283,7 @@ def test_every_study_has_one_option_per_config_field_with_help(study):
     from aeclust_jax.studies import STUDIES
     mod = importlib.import_module(f"aeclust_jax.studies.{study}")
     (cfg_cls,) = [v for k, v in vars(mod).items() if k.endswith("Config") and
-                  dataclasses.is_dataclass(v) and v.__module__ == mod.__name__]
+                  dataclasses.is_dataclass(v) and v.__module__.startswith(mod.__name__)]
     parser = mod.train_parser()
     flags = {o for a in parser._actions for o in a.option_strings}
     for f in dataclasses.fields(cfg_cls):
