@@ -27,12 +27,14 @@ MODEL_STUDY = {
     "cae": "skip_ae", "cae_skip": "skip_ae", "dae": "skip_ae", "dae_skip": "skip_ae",
     "mlp": "pretrain", "mlp_ae": "pretrain",
     "dsc": "dsc",
+    **{m: "natural_cae" for m in ("cae_v1", "cae_v2", "cae_v3", "unet")},
     **{m: "supervised" for m in ("resnet18", "resnet34", "resnet50", "vgg16", "vgg16_bn",
                                  "efficientnet_lite0")},
 }
 # study id -> study module, for reproduce.
-STUDY_MODULE = {"s1": "skip_ae", "s3": "pretrain", "s4": "dsc"}
+STUDY_MODULE = {"s1": "skip_ae", "s2": "natural_cae", "s3": "pretrain", "s4": "dsc"}
 STUDY_TITLE = {"skip_ae": "S1, skip connections in conv autoencoders",
+               "natural_cae": "S2, naive conv autoencoders vs supervised features on natural images",
                "pretrain": "S3, autoencoder pretraining with few labels",
                "dsc": "S4, deep subspace clustering",
                "supervised": "Supervised backbones (S2's supervised rows, S5's classifier)"}
@@ -183,6 +185,7 @@ REPRODUCE_DOC = """\
 Reproduce one study's tables and figures, mean +- std over seeds.
 
     {prog} s1 [--datasets mnist fashion_mnist] [--epochs N] [--seeds 3]
+    {prog} s2 --path cifar10-jpeg.zip [--seeds 2] [--unlabeled-limit 10000]
     {prog} s3 [--seeds 5]
     {prog} s4 [--seeds 5]
 
