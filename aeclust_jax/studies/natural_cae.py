@@ -30,6 +30,7 @@ metrics.json last).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import time
 from typing import Sequence
@@ -236,6 +237,7 @@ def pca_reduce(train_feats: np.ndarray, test_feats: np.ndarray, dim: int = FEATU
 
 # ----------------------------------------------------------------------------- autoencoders
 
+@functools.lru_cache(maxsize=16)      # one function per model: its jitted step is reused
 def mse_loss(model):
     """loss_fn(params, batch, rng) -> (masked mean squared error of the reconstruction, {})."""
     def loss_fn(params, batch, rng):
@@ -264,23 +266,31 @@ def train_cae(cfg: S2Config, images: np.ndarray, out: pathlib.Path, *, resume: b
     return model, result.state.params, result
 
 
+@functools.lru_cache(maxsize=16)
+def _apply_fn(model, what: str):
+    from aeclust_jax.train.steps import to_float
+    if what == "recon":
+        return lambda p, b: model.apply({"params": p}, to_float(b["image"])).recon
+    return lambda p, b: model.apply({"params": p}, to_float(b["image"]), method=model.encode)
+
+
 def reconstruct(model, params, images: np.ndarray, *, batch_size: int, mesh) -> np.ndarray:
     """uint8 images (N, S, S, C) -> reconstructions (N, S, S, C) float32 in [0, 1]."""
-    from aeclust_jax.train.steps import predict, to_float
-    fn = lambda p, b: model.apply({"params": p}, to_float(b["image"])).recon
-    return np.asarray(predict(fn, params, {"image": images}, batch_size=batch_size, mesh=mesh))
+    from aeclust_jax.train.steps import predict
+    return np.asarray(predict(_apply_fn(model, "recon"), params, {"image": images},
+                              batch_size=min(batch_size, len(images)), mesh=mesh))
 
 
 def cae_features(model, params, images: np.ndarray, *, batch_size: int, mesh) -> np.ndarray:
     """uint8 images (N, S, S, C) -> the autoencoder's features (N, 128) float32."""
-    from aeclust_jax.train.steps import predict, to_float
-    fn = lambda p, b: model.apply({"params": p}, to_float(b["image"]), method=model.encode)
-    return np.asarray(predict(fn, params, {"image": images}, batch_size=batch_size, mesh=mesh))
+    from aeclust_jax.train.steps import predict
+    return np.asarray(predict(_apply_fn(model, "encode"), params, {"image": images},
+                              batch_size=min(batch_size, len(images)), mesh=mesh))
 
 
 # ----------------------------------------------------------------------------- supervised rows
 
-def supervised_config(cfg: S2Config) -> "SupervisedConfig":  # noqa: F821
+def supervised_config(cfg: S2Config):
     """The hyper-parameters of a ResNet row as studies/supervised.py's SupervisedConfig."""
     from aeclust_jax.studies.supervised import SupervisedConfig
     cross = bool(cfg.supervised_dataset)
@@ -357,11 +367,12 @@ def _features(cfg: S2Config, data: S2Data, out: pathlib.Path, resume: bool, mesh
                      num_params=train.count_params(variables["params"]),
                      train_seconds=sum(r["seconds"] for r in result.history))
         get = lambda im: extract(model, variables, im, layer="embedding", image_size=size,
-                                 cache=cache, **kw)
+                                 cache=cache, batch_size=min(cfg.eval_batch, len(im)), mesh=mesh)
         return get(data.train_images), get(data.test_images), extra, None
     from aeclust_jax.models import efficientnet_lite0_imagenet
     model, variables = efficientnet_lite0_imagenet(num_classes=0)
-    get = lambda im: extract(model, variables, im, image_size=cfg.effnet_size, cache=cache, **kw)
+    get = lambda im: extract(model, variables, im, image_size=cfg.effnet_size, cache=cache,
+                             batch_size=min(cfg.eval_batch, len(im)), mesh=mesh)
     t0 = time.perf_counter()
     tr, te = get(data.train_images), get(data.test_images)
     extra.update(raw_dim=int(tr.shape[1]), reduction="pca", image_size=cfg.effnet_size,
@@ -509,6 +520,8 @@ def reproduce_parser():
     p.add_argument("--supervised-per-class", type=int, default=0,
                    help="--cross: labeled images per class (0: all)")
     p.add_argument("--config", help="YAML file of S2Config fields (the base of every run)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the results of the runs already finished")
     return p
 
 
@@ -718,7 +731,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
     for name, cfg in jobs.items():
         d = runs_dir / name
         resume = d.is_dir() and any(d.iterdir())
-        if resume and runs.is_complete(d):
+        if args.report_only or (resume and runs.is_complete(d)):
             continue
         if base.progress:
             print(f"[s2] {name}", flush=True)
