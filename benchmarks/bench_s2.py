@@ -9,7 +9,8 @@ at 32 px against the same network in PyTorch.
 Data: 10 Gaussian classes in 128-D, 5000 labeled train rows and 8000 test rows (STL-10's sizes
 in the seed); --quick: 1000 / 1000. Scikit-learn: KMeans(10, n_init=10) (lloyd),
 normalized_mutual_info_score, pairwise F from pair_confusion_matrix, BCubed F from the
-contingency table in numpy, KNeighborsClassifier(5, algorithm="brute"). Warm timings (best of
+contingency table in numpy, KNeighborsClassifier(5, algorithm="brute"), on --peer-threads
+threads (default 1, as the other benchmarks report). Warm timings (best of
 --repeat), compile apart; the scores of both sides are reported. Last line: JSON with
 ``speedup`` (scikit-learn seconds / ours, evaluation row).
 """
@@ -46,7 +47,7 @@ def sklearn_evaluate(tr, ytr, te, yte, k=10, seed=0, knn_k=5):
             "nmi": normalized_mutual_info_score(yte, pred), "knn_accuracy": np.mean(knn == yte)}
 
 
-def evaluate_row(n_train, n_test, repeat):
+def evaluate_row(n_train, n_test, repeat, peer_threads):
     from sklearn.datasets import make_blobs
     x, y = make_blobs(n_train + n_test, n_features=128, centers=10, cluster_std=30.0,
                       random_state=0)
@@ -56,7 +57,10 @@ def evaluate_row(n_train, n_test, repeat):
     row = {"train": list(tr.shape), "test": list(te.shape)}
     row["ours_first_call_s"], _ = first_call(ours)
     row["ours_s"], got = best_of(ours, repeat)
-    row["sklearn_s"], want = best_of(lambda: sklearn_evaluate(tr, ytr, te, yte), repeat)
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(peer_threads):
+        row["sklearn_s"], want = best_of(lambda: sklearn_evaluate(tr, ytr, te, yte), repeat)
+    row["sklearn_threads"] = peer_threads
     keys = ("pairwise_f", "bcubed_f", "nmi", "knn_accuracy")
     row["ours_scores"] = {k: got[k] for k in keys}
     row["sklearn_scores"] = {k: float(want[k]) for k in keys}
@@ -145,6 +149,9 @@ def main(argv=None):
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="1000 / 1000 rows, batch 32")
+    ap.add_argument("--peer-threads", type=int, default=1,
+                    help="scikit-learn's BLAS/OpenMP threads (1: multi-threaded peers lose far "
+                         "more to a loaded machine than XLA does; 2 = this CPU's cores)")
     ap.add_argument("--rows", nargs="+", default=["evaluate", "train_cae"],
                     choices=["evaluate", "train_cae"])
     a = ap.parse_args(argv)
@@ -154,7 +161,7 @@ def main(argv=None):
     res = {"benchmark": "s2", "quick": a.quick, "machine": machine(), "rows": {}}
     if "evaluate" in a.rows:
         n = (1000, 1000) if a.quick else (5000, 8000)
-        res["rows"]["evaluate"] = evaluate_row(*n, a.repeat)
+        res["rows"]["evaluate"] = evaluate_row(*n, a.repeat, a.peer_threads)
     if "train_cae" in a.rows:
         res["rows"]["train_cae"] = train_cae_row(32 if a.quick else 128, a.repeat)
     res["speedup"] = res["rows"].get("evaluate", next(iter(res["rows"].values())))["speedup"]

@@ -433,9 +433,13 @@ def run(cfg: S2Config, out: str | pathlib.Path, *, resume: bool = False,
 
 
 def tsne_embedding(features: np.ndarray, seed: int) -> np.ndarray:
-    """features (M, D) -> t-SNE (M, 2) (cluster.tsne, perplexity 30, seeded)."""
+    """features (M, D) -> t-SNE (M, 2) (cluster.tsne, perplexity 30, seeded). One openTSNE
+    thread below 5000 points: on a shared 2-core CPU its threads contend (120 points: 4.4 s with
+    one thread, 22.9 s with all, measured under load)."""
     from aeclust_jax.cluster import tsne
-    return tsne(np.asarray(features, np.float32), seed=seed, perplexity=min(30.0, (len(features) - 1) / 3))
+    return tsne(np.asarray(features, np.float32), seed=seed,
+                perplexity=min(30.0, (len(features) - 1) / 3),
+                n_jobs=1 if len(features) < 5000 else -1)
 
 
 def _short(scores: dict) -> dict:
