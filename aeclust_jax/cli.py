@@ -171,6 +171,7 @@ REPRODUCE_DOC = """\
 Reproduce one study's tables and figures, mean +- std over seeds.
 
     {prog} s1 [--datasets mnist fashion_mnist] [--epochs N] [--seeds 3]
+    {prog} s2 --path cifar10-jpeg.zip [--seeds 2] [--unlabeled-limit 10000]
     {prog} s3 [--seeds 5]
     {prog} s4 [--seeds 5]
 

@@ -17,6 +17,7 @@ PEERS = {  # script -> a peer it cannot run without
     "bench_train_step.py": "torch", "bench_pipeline.py": "torch", "bench_dsc.py": "torch",
     "bench_kmeans.py": "faiss", "bench_tsne.py": "openTSNE", "bench_metrics.py": "sklearn",
     "bench_knn.py": "sklearn", "bench_spectral.py": "sklearn", "bench_features.py": "torch",
+    "bench_s2.py": "sklearn",
 }
 
 
@@ -77,6 +78,21 @@ def test_bench_features_quick_last_line_is_json():
     train = res["rows"]["train_resnet18"]
     assert abs(train["first_loss"] - train["torch_first_loss"]) < 1e-3 * train["torch_first_loss"]
     assert res["speedup"] == min(r["speedup"] for r in res["rows"].values())
+
+
+def test_bench_s2_quick_evaluation_last_line_is_json():
+    """--quick evaluation row (1000 / 1000 rows): ours and scikit-learn score the same features."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([str(BENCH.parent), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, str(BENCH / "bench_s2.py"), "--quick", "--repeat", "1",
+                          "--rows", "evaluate"], capture_output=True, text=True, env=env,
+                         timeout=300, check=True).stdout
+    res = json.loads(out.strip().splitlines()[-1])
+    row = res["rows"]["evaluate"]
+    assert res["benchmark"] == "s2" and res["speedup"] == row["speedup"] > 0
+    assert row["ours_scores"]["knn_accuracy"] == row["sklearn_scores"]["knn_accuracy"]
+    for k in ("pairwise_f", "bcubed_f", "nmi"):     # K-means of both sides: close, not equal
+        assert abs(row["ours_scores"][k] - row["sklearn_scores"][k]) < 0.1, k
 
 
 def test_bench_features_unbuildable_peer_is_one_line(monkeypatch, capsys):

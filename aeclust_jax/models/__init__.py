@@ -2,7 +2,7 @@
 
     model = get_model("dae_skip", image_shape=(28, 28, 1))
 
-Constructors live one study family per module (skip_ae: S1, mlp: S3, dsc: S4; the ImageNet
+Constructors live one study family per module (skip_ae: S1, cae: S2, mlp: S3, dsc: S4; the ImageNet
 backbones: efficientnet, resnet, vgg) and are imported
 lazily, so asking for one family never imports the others.
 """
@@ -18,6 +18,10 @@ REGISTRY: dict[str, str] = {
     "cae_skip": "skip_ae:cae_skip",
     "dae": "skip_ae:dae",
     "dae_skip": "skip_ae:dae_skip",
+    "cae_v1": "cae:cae_v1",
+    "cae_v2": "cae:cae_v2",
+    "cae_v3": "cae:cae_v3",
+    "unet": "cae:unet",
     "mlp": "mlp:mlp_classifier",
     "mlp_ae": "mlp:mlp_autoencoder",
     "dsc": "dsc:dsc_net",

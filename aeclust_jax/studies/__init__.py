@@ -29,6 +29,8 @@ class Study:
 STUDIES: tuple[Study, ...] = (
     Study("skip_ae", "S1, skip connections in conv autoencoders",
           ("cae", "cae_skip", "dae", "dae_skip"), "s1"),
+    Study("natural_cae", "S2, naive conv autoencoders vs supervised features on natural images",
+          ("cae_v1", "cae_v2", "cae_v3", "unet"), "s2"),
     Study("pretrain", "S3, autoencoder pretraining with few labels", ("mlp", "mlp_ae"), "s3"),
     Study("dsc", "S4, deep subspace clustering", ("dsc",), "s4"),
     Study("supervised", "Supervised backbones (S2's supervised rows, S5's classifier)",
