@@ -65,6 +65,8 @@ SUITE: tuple[Bench, ...] = (
           ("--n", "500")),
     Bench("dsc", "bench_dsc.py", "S4 DSC fine-tune + clustering (COIL-20)", "PyTorch + numpy", (),
           ("--pretrain-epochs", "1", "--finetune-iters", "2")),
+    Bench("s2_evaluation", "bench_s2.py", "S2 evaluation (K-means, 3 scores, KNN) + CAEv1 step",
+          "scikit-learn + PyTorch", (), ("--quick", "--repeat", "1")),
     Bench("features", "bench_features.py", "backbone feature extraction + ResNet-18 train step",
           "PyTorch", (), ("--quick", "--rows", "resnet18", "train_resnet18")),
 )
