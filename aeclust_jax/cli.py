@@ -27,14 +27,16 @@ MODEL_STUDY = {
     "cae": "skip_ae", "cae_skip": "skip_ae", "dae": "skip_ae", "dae_skip": "skip_ae",
     "mlp": "pretrain", "mlp_ae": "pretrain",
     "dsc": "dsc",
+    "feature_ae": "feature_compression",
     **{m: "supervised" for m in ("resnet18", "resnet34", "resnet50", "vgg16", "vgg16_bn",
                                  "efficientnet_lite0")},
 }
 # study id -> study module, for reproduce.
-STUDY_MODULE = {"s1": "skip_ae", "s3": "pretrain", "s4": "dsc"}
+STUDY_MODULE = {"s1": "skip_ae", "s3": "pretrain", "s4": "dsc", "s5": "feature_compression"}
 STUDY_TITLE = {"skip_ae": "S1, skip connections in conv autoencoders",
                "pretrain": "S3, autoencoder pretraining with few labels",
                "dsc": "S4, deep subspace clustering",
+               "feature_compression": "S5, compressing a CNN's feature map with an autoencoder",
                "supervised": "Supervised backbones (S2's supervised rows, S5's classifier)"}
 
 
@@ -185,6 +187,7 @@ Reproduce one study's tables and figures, mean +- std over seeds.
     {prog} s1 [--datasets mnist fashion_mnist] [--epochs N] [--seeds 3]
     {prog} s3 [--seeds 5]
     {prog} s4 [--seeds 5]
+    {prog} s5 [--setting a|b|both|paper] [--seeds 3]
 
 Runs already complete are skipped, so an interrupted reproduction continues.
 Options of one study: {prog} STUDY --help
