@@ -23,8 +23,7 @@ from aeclust_jax.studies import feature_compression as s5
 
 # ----------------------------------------------------------------------------- the autoencoder
 
-@pytest.mark.parametrize("shape,width,kernel", [((7, 7, 512), 128, 3), ((4, 4, 24), 8, 3),
-                                                ((6, 9, 7), 3, 2)])
+@pytest.mark.parametrize("shape,width,kernel", [((7, 7, 512), 128, 3), ((6, 9, 7), 3, 2)])
 def test_feature_ae_shapes_for_several_maps(shape, width, kernel):
     ae = get_model("feature_ae", channels=shape[-1], width=width, hidden=16, kernel=kernel)
     x = jnp.asarray(np.random.default_rng(0).random((2,) + shape), jnp.float32)
@@ -111,14 +110,15 @@ def test_float_precisions_and_bits_arithmetic():
 TINY_VGG = (8, "M", 8, "M", 16, "M", 16, "M", 16, "M")
 
 
-@pytest.mark.parametrize("cut", ["block2", "block4", "features", "avgpool"])
-def test_vgg_runs_on_from_a_sown_map_exactly(cut):
-    model = VGG(cfg=TINY_VGG, batch_norm=True, num_classes=3)
+def test_vgg_runs_on_from_a_sown_map_exactly():
+    model = VGG(cfg=TINY_VGG, batch_norm=True, num_classes=3, fc_features=32)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
-    v = model.init(jax.random.key(0), x)
-    logits, state = model.apply(v, x, mutable="intermediates")
-    m = state["intermediates"][cut][0]
-    np.testing.assert_allclose(model.apply(v, m, start=cut), logits, rtol=1e-5, atol=1e-6)
+    v = jax.jit(model.init)(jax.random.key(0), x)
+    logits, state = jax.jit(lambda v, x: model.apply(v, x, mutable="intermediates"))(v, x)
+    for cut in ("block2", "features"):
+        m = state["intermediates"][cut][0]
+        rest = jax.jit(lambda v, m: model.apply(v, m, start=cut))(v, m)
+        np.testing.assert_allclose(rest, logits, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="unknown start 'fc6'"):
         model.apply(v, m, start="fc6")
 
@@ -159,13 +159,17 @@ def _colour_archive(path, n_train=6, n_test=4, size=32):
     return path
 
 
+def runs_json(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
 def _tiny_vggs(monkeypatch):
     """vgg16 / vgg16_bn of the registry replaced by a 5-block VGG of 8-16 channels."""
     from aeclust_jax.models import vgg
     monkeypatch.setattr(vgg, "vgg16", lambda num_classes=1000, **kw: VGG(
-        cfg=TINY_VGG, num_classes=num_classes, **kw))
+        cfg=TINY_VGG, num_classes=num_classes, fc_features=32, **kw))
     monkeypatch.setattr(vgg, "vgg16_bn", lambda num_classes=1000, **kw: VGG(
-        cfg=TINY_VGG, batch_norm=True, num_classes=num_classes, **kw))
+        cfg=TINY_VGG, batch_norm=True, num_classes=num_classes, fc_features=32, **kw))
 
 
 @pytest.mark.slow
@@ -175,16 +179,17 @@ def test_reproduce_setting_b_two_seeds_then_rerun_reuses_everything(tmp_path, mo
     out, work = tmp_path / "results", tmp_path / "runs"
     argv = ["s5", "--setting", "b", "--seeds", "2", "--path", str(archive), "--train-per-class", "6",
             "--test-per-class", "4", "--classifier-epochs", "3", "--classifier-batch", "6",
-            "--ae-epochs", "2", "--widths", "8", "2", "--out", str(out), "--runs", str(work),
-            "--no-progress"]
+            "--ae-epochs", "2", "--widths", "8", "--precisions", "float32", "int4",
+            "--out", str(out), "--runs", str(work), "--no-progress"]
     assert reproduce_main(argv) == 0
     res = json.loads((out / "results.json").read_text())["settings"]["b"]
     assert res["feature_shape"] == [4, 4, 16] and res["seeds"] == [0, 1]
     assert res["train_images"] == 18 and res["test_images"] == 12
     pts = res["points"]
     methods = {(p["method"], p["param"], p["precision"]) for p in pts}
-    assert ("ae", 8, "int4") in methods and ("pca", 2, "float16") in methods   # 8*2*2/16 = 2
-    assert ("pool", 2, "int8") in methods and ("quant", "raw", "float32") in methods
+    assert ("ae", 8, "int4") in methods and ("pca", 2, "float32") in methods   # 8*2*2/16 = 2
+    assert ("pool", 2, "int4") in methods and ("quant", "raw", "float32") in methods
+    assert len(pts) == 2 * (1 + 1 + 1 + 2)        # precisions x (raw, AE, PCA, grids 2 and 1)
     for p in pts:
         assert len(p["accuracy_per_seed"]) == 2 and 0 <= p["accuracy"]["mean"] <= 1
         assert p["bits"] == bits_per_image(p["values"], p["precision"])
@@ -192,8 +197,11 @@ def test_reproduce_setting_b_two_seeds_then_rerun_reuses_everything(tmp_path, mo
     assert ae8["values"] == 2 * 2 * 8 and ae8["value_compression"] == pytest.approx(1 - 32 / 256)
     raw = [p for p in pts if p["method"] == "quant" and p["precision"] == "float32"][0]
     assert raw["accuracy"]["std"] == 0.0                  # one VGG for both seeds
-    # the AE seeds differ: their reconstructions are not the same
-    assert len({round(x, 9) for p in pts if p["method"] == "ae" for x in [p["relative_mse"]]}) > 1
+    # the two AE seeds differ (their reconstruction errors), the VGG and PCA do not
+    errs = [runs_json(work / "b" / f"seed{s}")["points"] for s in (0, 1)]
+    ae_err = [[p["relative_mse"] for p in e if p["method"] == "ae"] for e in errs]
+    pca_err = [[p["relative_mse"] for p in e if p["method"] == "pca"] for e in errs]
+    assert ae_err[0] != ae_err[1] and pca_err[0] == pca_err[1]
     assert [r["class"] for r in res["per_class"]] == ["blue", "green", "red"]
     assert res["claim"]["holds"] in (True, False) and "points drop" in res["claim"]["evidence"]
     md = (out / "results.md").read_text()
@@ -205,9 +213,110 @@ def test_reproduce_setting_b_two_seeds_then_rerun_reuses_everything(tmp_path, mo
     assert {"config.yaml", "history.jsonl", "metrics.json", "checkpoints", "figures"} <= {
         p.name for p in run0.iterdir()}
     stages = {json.loads(l)["stage"] for l in (run0 / "history.jsonl").read_text().splitlines()}
-    assert stages == {"ae_w8", "ae_w2"}
+    assert stages == {"ae_w8"}
     before = (out / "results.json").read_text()
     capsys.readouterr()
     assert reproduce_main(argv) == 0                     # complete runs are reused as they are
     assert "[s5] setting b seed 0:" in capsys.readouterr().out
     assert json.loads((out / "results.json").read_text()) == json.loads(before)
+
+
+def _tiny_efficientnet(monkeypatch):
+    """efficientnet_lite0_imagenet replaced by a two-stage EfficientNet-Lite, random weights."""
+    import aeclust_jax.models as models
+    from aeclust_jax.models.efficientnet import EfficientNetLite
+
+    def build(num_classes=1000):
+        model = EfficientNetLite(num_classes=num_classes, stages=((3, 1, 1, 8, 1), (3, 2, 2, 8, 1)),
+                                 stem_features=8, head_features=16)
+        return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 24, 24, 3)))
+    monkeypatch.setattr(models, "efficientnet_lite0_imagenet", build)
+
+
+@pytest.mark.slow
+def test_train_feature_ae_on_a_frozen_efficientnet_with_its_pooled_head(tmp_path, monkeypatch,
+                                                                         capsys):
+    _tiny_efficientnet(monkeypatch)
+    archive = _colour_archive(tmp_path / "colours.zip", size=24)
+    out = tmp_path / "run"
+    assert train_main(["--model", "feature_ae", "--path", str(archive), "--image-size", "24",
+                       "--train-per-class", "6", "--test-per-class", "4", "--classifier-epochs",
+                       "40", "--classifier-lr", "0.05", "--ae-epochs", "2", "--widths", "4",
+                       "--precisions", "float32", "int4", "--pool-sizes", "1",
+                       "--feature-cache", str(tmp_path / "cache"), "--no-progress",
+                       "--out", str(out)]) == 0
+    assert "raw_accuracy=" in capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["feature_shape"] == [6, 6, 16] and m["test_images"] == 12
+    assert m["raw_accuracy"] > 0.6                     # the head learned the colours
+    acc = {(p["method"], p["param"], p["precision"]): p["accuracy"] for p in m["points"]}
+    # the head averages the map: pooling to 1x1 and back keeps that mean, so its accuracy
+    assert acc[("pool", 1, "float32")] == acc[("quant", "raw", "float32")]
+    sp = m["seed_point"]
+    assert sp["param"] == 4 and sp["values"] == 4 * 4 * 4 and sp["bits"] == 64 * 32
+    stages = [json.loads(l)["stage"] for l in (out / "history.jsonl").read_text().splitlines()]
+    assert stages.count("head") == 40 and stages.count("ae_w4") == 2
+    assert (out / "figures" / "rate_accuracy.png").is_file()
+
+
+def _tiny_vgg16_pth(path):
+    """A torchvision-layout state dict of the tiny VGG (no batch norm), random, saved by torch."""
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(0)
+    sd, cin, i = {}, 3, 0
+    for v in TINY_VGG:
+        if v == "M":
+            i += 1
+            continue
+        sd[f"features.{i}.weight"] = torch.randn(v, cin, 3, 3, generator=g) * (2 / (9 * v)) ** .5
+        sd[f"features.{i}.bias"] = torch.zeros(v)
+        cin, i = v, i + 2
+    for k, (o, n) in {0: (32, cin * 49), 3: (32, 32), 6: (1000, 32)}.items():
+        sd[f"classifier.{k}.weight"] = torch.randn(o, n, generator=g) * 0.01
+        sd[f"classifier.{k}.bias"] = torch.zeros(o)
+    torch.save(sd, path)
+    return path
+
+
+@pytest.mark.slow
+def test_paper_command_fine_tunes_a_pth_and_cuts_its_last_map(tmp_path, monkeypatch, capsys):
+    _tiny_vggs(monkeypatch)
+    archive = _colour_archive(tmp_path / "colours.zip", n_train=4, n_test=2)
+    pth = _tiny_vgg16_pth(tmp_path / "vgg16-tiny.pth")
+    out, work = tmp_path / "results", tmp_path / "runs"
+    base = ["s5", "--setting", "paper", "--path", str(archive), "--out", str(out),
+            "--runs", str(work), "--no-progress"]
+    assert run_main(reproduce_main, base) == 2          # the seed's setting needs the weights
+    assert "needs --weights" in capsys.readouterr().err and not out.exists() and not work.exists()
+    # the documented command, at tiny sizes: 32 px puts 'features' at 1x1, so a 1x1 AE kernel
+    assert reproduce_main(base + ["--weights", str(pth), "--seeds", "1", "--image-size", "32",
+                                  "--kernel", "1", "--train-per-class", "4", "--test-per-class",
+                                  "2", "--classifier-epochs", "1", "--ae-epochs", "1",
+                                  "--widths", "4", "--precisions", "float32", "int8",
+                                  "--pool-sizes", "1"]) == 0
+    res = json.loads((out / "results.json").read_text())["settings"]["paper"]
+    assert res["feature_shape"] == [1, 1, 16] and "seed's setting" in res["title"]
+    assert res["seed_point"]["value_compression"] == pytest.approx(0.75)
+    cls = next((work / "paper").glob("classifier-*"))
+    import yaml
+    scfg = yaml.safe_load((cls / "config.yaml").read_text())
+    assert scfg["pretrained"] == str(pth) and scfg["model"] == "vgg16"
+    assert scfg["optimizer"] == "adam" and scfg["lr"] == 1e-5 and scfg["batch_size"] == 4
+    assert (out / "figures" / "rate_accuracy_paper.png").is_file()
+
+
+def test_bad_options_fail_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    cases = [(["--backbone", "efficientnet_lite0", "--weights", "train"], "takes --weights imagenet"),
+             (["--backbone", "vgg16_bn", "--weights", "imagenet"], "no ImageNet weights ship"),
+             (["--backbone", "vgg16", "--weights", str(tmp_path / "no.pth")], "no.pth: no such file"),
+             (["--backbone", "vgg16_bn", "--weights", "train", "--layer", "fc6"], "unknown layer 'fc6'"),
+             (["--widths", "0"], "widths must be positive"),
+             (["--ae-lr", "0"], "ae_lr must be > 0")]
+    for extra, msg in cases:
+        argv = ["--model", "feature_ae", "--path", str(tmp_path), "--out", str(out)] + extra
+        assert run_main(train_main, argv) == 2, extra
+        assert msg in capsys.readouterr().err, extra
+        assert not out.exists()
+    assert run_main(train_main, ["--model", "feature_ae", "--precisions", "int2"]) == 2
+    assert "invalid choice: 'int2'" in capsys.readouterr().err

@@ -62,6 +62,7 @@ class VGG(nn.Module):
     num_classes: int = 1000
     embed_dim: int | None = None
     dropout: float = 0.5
+    fc_features: int = 4096           # width of fc6 and fc7 (torchvision: 4096; tests: tiny)
     input_mean: ClassVar[tuple[float, ...]] = IMAGENET_MEAN
     input_std: ClassVar[tuple[float, ...]] = IMAGENET_STD
 
@@ -100,7 +101,8 @@ class VGG(nn.Module):
             self.sow("intermediates", "avgpool", y)
         y = y.reshape(y.shape[0], -1)                        # HWC flatten (torch: CHW)
         for k, name in ((0, "fc6"), (3, "fc7")):
-            y = nn.relu(nn.Dense(4096, kernel_init=dense_init, name=f"classifier_{k}")(y))
+            y = nn.relu(nn.Dense(self.fc_features, kernel_init=dense_init,
+                                 name=f"classifier_{k}")(y))
             self.sow("intermediates", name, y)
             y = nn.Dropout(self.dropout, deterministic=not train)(y)
         if self.embed_dim:

@@ -223,7 +223,6 @@ def trained_vgg(cfg: FeatureCompressionConfig, folder: pathlib.Path, *, resume: 
     """(model, variables, metrics) of the VGG trained by the supervised study in ``folder``
     (reused when complete: it depends on the data and classifier settings only)."""
     from aeclust_jax.studies import supervised
-    from aeclust_jax.train import supervised as sup
     scfg = supervised_config(cfg)
     if runs.is_complete(folder):
         saved = runs.read_config(folder / "config.yaml")
@@ -233,14 +232,14 @@ def trained_vgg(cfg: FeatureCompressionConfig, folder: pathlib.Path, *, resume: 
     else:
         metrics = supervised.run(scfg, folder, resume=resume and folder.is_dir())
     model = supervised.build_model(scfg, len(metrics["per_class_accuracy"]), metrics["image_size"])
-    sample = jnp.zeros((1, metrics["image_size"], metrics["image_size"], 3))
-    state, _ = supervised.init_state(scfg, model, jax.random.key(scfg.seed), sample, 1)
     ckpt = train.Checkpointer(folder / "checkpoints", every=1, keep=1)
     try:
-        state, _ = ckpt.restore_latest(state)
+        saved = ckpt.read()
     finally:
         ckpt.close()
-    return model, sup.variables_of(state), metrics
+    variables = {k: jax.tree.map(jnp.asarray, saved[k]) for k in ("params", "batch_stats")
+                 if k in saved}
+    return model, variables, metrics
 
 
 def classify_fn(cfg: FeatureCompressionConfig, model, variables):
@@ -521,7 +520,7 @@ def run(cfg: FeatureCompressionConfig, out: str | pathlib.Path, *, resume: bool 
                              if k in backbone_metrics},
         "ae_train_seconds": {str(w): s for w, s in ae_seconds.items()},
         "seconds": times, "scale": runs.SCALE, "platform": jax.devices()[0].platform}
-    plot_rate_accuracy([points], out / "figures" / "rate_accuracy.png",
+    plot_rate_accuracy(aggregate([points]), out / "figures" / "rate_accuracy.png",
                        title=f"S5 {describe(cfg)}, seed {cfg.seed}")
     runs.write_json(out / "metrics.json", metrics)
     return metrics
@@ -553,11 +552,13 @@ LABELS = {"ae": "feature AE (width)", "pca": "PCA over channels (k)", "quant": "
 MARKERS = {"float32": "o", "float16": "s", "int8": "^", "int4": "v"}
 
 
-def plot_rate_accuracy(per_seed: list[list[dict]], path, *, title: str):
-    """Bits per image (log x) vs test accuracy (mean over seeds, std as error bars); one line per
-    method and precision (AE and PCA: a line through the widths), markers by precision."""
+def plot_rate_accuracy(table: list[dict], path, *, title: str):
+    """Bits per image (log x) vs test accuracy of aggregated points (``aggregate``: mean, std as
+    error bars): colour = method, marker = code precision; the AE and PCA points of one precision
+    joined across widths; the dashed line is the raw float32 map's accuracy."""
+    from matplotlib.lines import Line2D
+
     from aeclust_jax import viz
-    table = aggregate(per_seed)
     fig, ax = viz.figure(figsize=(8, 5))
     colors = {"ae": "C0", "pca": "C1", "quant": "C2", "pool": "C3"}
     for method in METHODS:
@@ -568,13 +569,17 @@ def plot_rate_accuracy(per_seed: list[list[dict]], path, *, title: str):
                 continue
             ax.errorbar([p["bits"] for p in pts], [p["accuracy"]["mean"] for p in pts],
                         yerr=[p["accuracy"]["std"] for p in pts], color=colors[method],
-                        marker=MARKERS[prec], linestyle="-" if method in ("ae", "pca") else ":",
-                        label=f"{LABELS[method]}, {prec}", markersize=5, capsize=2)
+                        marker=MARKERS[prec], linestyle="-" if method in ("ae", "pca") else "none",
+                        markersize=5, capsize=2, lw=1)
     raw = [p for p in table if p["method"] == "quant" and p["precision"] == "float32"]
     if raw:
         ax.axhline(raw[0]["accuracy"]["mean"], color="gray", lw=0.8, ls="--")
+    handles = [Line2D([], [], color=colors[m], lw=2, label=LABELS[m]) for m in METHODS
+               if any(p["method"] == m for p in table)]
+    handles += [Line2D([], [], color="k", marker=mk, ls="none", label=pr)
+                for pr, mk in MARKERS.items() if any(p["precision"] == pr for p in table)]
     ax.set(xscale="log", xlabel="bits per image (log)", ylabel="test accuracy (0-1)", title=title)
-    ax.legend(fontsize=6, ncol=2, loc="lower right")
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
     return viz.save(fig, path)
 
 
@@ -829,16 +834,9 @@ def write_results(out: pathlib.Path, results: dict[str, dict]) -> None:
              "weights at 224 px on CIFAR-10, which cannot be run here); see docs/s5.md.", ""]
     for name, res in results.items():
         parts.append(markdown(res))
-        plot_rate_accuracy_table(res, out / "figures" / f"rate_accuracy_{name}.png")
+        plot_rate_accuracy(res["points"], out / "figures" / f"rate_accuracy_{name}.png",
+                           title=f"S5 {res['title']}")
     runs.atomic_write_text(out / "results.md", "\n".join(parts))
-
-
-def plot_rate_accuracy_table(res: dict, path):
-    """The rate-accuracy figure of an aggregated setting (points already mean ± std)."""
-    per_seed = [[{**p, "accuracy": v, "per_class_accuracy": p["per_class_accuracy"]}
-                 for p in res["points"]] for v in zip(*[p["accuracy_per_seed"]
-                                                         for p in res["points"]])]
-    return plot_rate_accuracy(per_seed, path, title=f"S5 {res['title']}")
 
 
 def reproduce_main(argv: Sequence[str]) -> int:
