@@ -663,8 +663,8 @@ SETTINGS = {
               classifier_optimizer="adam", classifier_batch=128, widths=(128, 64, 32, 16),
               hidden=256, pool_sizes=(5, 3, 1)),
     "b": dict(backbone="vgg16_bn", weights="train", layer="block4", image_size=0,
-              train_per_class=200, test_per_class=100, classifier_epochs=4, classifier_lr=0.05,
-              classifier_optimizer="sgd", classifier_batch=64, widths=(256, 128, 64, 32, 16),
+              train_per_class=100, test_per_class=50, classifier_epochs=2, classifier_lr=3e-4,
+              classifier_optimizer="adam", classifier_batch=50, widths=(256, 64, 16),
               hidden=256, pool_sizes=(2, 1)),
     # the seed: VGG16 (ImageNet weights from torchvision, fine-tuned: Adam 1e-5, 100 epochs,
     # batch 4) on CIFAR-10 at 224 px, 12500 train / 2500 test images, the 512x7x7 map.
