@@ -21,13 +21,31 @@ from aeclust_jax.models.vgg import VGG
 from aeclust_jax.studies import feature_compression as s5
 
 
+def random_variables(model, *args, **kwargs):
+    """Variables of ``model`` with random values, without compiling its init (XLA:CPU takes
+    seconds per truncated-normal initialiser): shapes from ``jax.eval_shape``, kernels normal with
+    std 1/sqrt(fan in) from numpy, biases and batch-norm means 0, scales and variances 1."""
+    rng = np.random.default_rng(0)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if name.endswith(("['var']", "['scale']")):
+            return jnp.ones(leaf.shape, leaf.dtype)
+        if name.endswith(("['mean']", "['bias']")):
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        fan_in = int(np.prod(leaf.shape[:-1])) or 1
+        return jnp.asarray(rng.normal(0, fan_in ** -0.5, leaf.shape), leaf.dtype)
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 # ----------------------------------------------------------------------------- the autoencoder
 
 @pytest.mark.parametrize("shape,width,kernel", [((7, 7, 512), 128, 3), ((6, 9, 7), 3, 2)])
 def test_feature_ae_shapes_for_several_maps(shape, width, kernel):
     ae = get_model("feature_ae", channels=shape[-1], width=width, hidden=16, kernel=kernel)
     x = jnp.asarray(np.random.default_rng(0).random((2,) + shape), jnp.float32)
-    v = jax.jit(ae.init)(jax.random.key(0), x)
+    v = random_variables(ae, x)
     code, out, again = jax.jit(lambda v, x: (
         ae.apply(v, x, method=FeatureAE.encode), ae.apply(v, x),
         ae.apply(v, ae.apply(v, x, method=FeatureAE.encode), method=FeatureAE.decode)))(v, x)
@@ -113,7 +131,7 @@ TINY_VGG = (8, "M", 8, "M", 16, "M", 16, "M", 16, "M")
 def test_vgg_runs_on_from_a_sown_map_exactly():
     model = VGG(cfg=TINY_VGG, batch_norm=True, num_classes=3, fc_features=32)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
-    v = jax.jit(model.init)(jax.random.key(0), x)
+    v = random_variables(model, x)
     logits, state = jax.jit(lambda v, x: model.apply(v, x, mutable="intermediates"))(v, x)
     for cut in ("block2", "features"):
         m = state["intermediates"][cut][0]
@@ -229,7 +247,7 @@ def _tiny_efficientnet(monkeypatch):
     def build(num_classes=1000):
         model = EfficientNetLite(num_classes=num_classes, stages=((3, 1, 1, 8, 1), (3, 2, 2, 8, 1)),
                                  stem_features=8, head_features=16)
-        return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 24, 24, 3)))
+        return model, random_variables(model, jnp.zeros((1, 24, 24, 3)))
     monkeypatch.setattr(models, "efficientnet_lite0_imagenet", build)
 
 
