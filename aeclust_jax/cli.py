@@ -174,6 +174,7 @@ Reproduce one study's tables and figures, mean +- std over seeds.
     {prog} s2 --path cifar10-jpeg.zip [--seeds 2] [--unlabeled-limit 10000]
     {prog} s3 [--seeds 5]
     {prog} s4 [--seeds 5]
+    {prog} s5 [--setting a|b|both|paper] [--seeds 3]
 
 Runs already complete are skipped, so an interrupted reproduction continues.
 Options of one study: {prog} STUDY --help

@@ -2,9 +2,9 @@
 
     model = get_model("dae_skip", image_shape=(28, 28, 1))
 
-Constructors live one study family per module (skip_ae: S1, cae: S2, mlp: S3, dsc: S4; the ImageNet
-backbones: efficientnet, resnet, vgg) and are imported
-lazily, so asking for one family never imports the others.
+Constructors live one study family per module (skip_ae: S1, cae: S2, mlp: S3, dsc: S4,
+feature_ae: S5; the ImageNet backbones: efficientnet, resnet, vgg) and are imported lazily, so
+asking for one family never imports the others.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ REGISTRY: dict[str, str] = {
     "mlp": "mlp:mlp_classifier",
     "mlp_ae": "mlp:mlp_autoencoder",
     "dsc": "dsc:dsc_net",
+    "feature_ae": "feature_ae:feature_ae",
     "efficientnet_lite0": "efficientnet:efficientnet_lite0",
     "resnet18": "resnet:resnet18",
     "resnet34": "resnet:resnet34",

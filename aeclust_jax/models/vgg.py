@@ -15,7 +15,9 @@ out), bias 0; Linear normal(0, 0.01), bias 0. ``train=True`` needs a 'dropout' r
 Sown into 'intermediates': 'block1'..'block5' the last ReLU of each block, before its max pool
 ('block5' (N, H/16, W/16, 512)); 'features' (N, H/32, W/32, 512) after the final max pool
 (torchvision's ``model.features(x)``, 7x7 at 224 px); 'avgpool' (N, 7, 7, 512); 'fc6', 'fc7'
-(N, 4096) after their ReLU; 'embedding' (N, embed_dim) when there is one. Submodules are named like
+(N, 4096) after their ReLU; 'embedding' (N, embed_dim) when there is one.
+``model.apply(variables, m, start="block4")`` runs the rest of the network on a map ``m`` of the
+shape sown as 'block4' (or any other sown map before 'fc6'): S5 cuts VGG there. Submodules are named like
 torchvision's with '_' for '.' (``features_0`` is ``features.0``, ``classifier_6``).
 """
 
@@ -60,31 +62,47 @@ class VGG(nn.Module):
     num_classes: int = 1000
     embed_dim: int | None = None
     dropout: float = 0.5
+    fc_features: int = 4096           # width of fc6 and fc7 (torchvision: 4096; tests: tiny)
     input_mean: ClassVar[tuple[float, ...]] = IMAGENET_MEAN
     input_std: ClassVar[tuple[float, ...]] = IMAGENET_STD
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, start: str | None = None):
+        """``start``: None (x is the image), or the name of a sown map ('block1'..'block5',
+        'features', 'avgpool') that x is: the layers up to it are skipped and the network runs
+        on from there (S5's classifier on a reconstructed intermediate map). The parameters are
+        the same as the whole network's."""
+        blocks = sum(v == "M" for v in self.cfg)
+        starts = tuple(f"block{b}" for b in range(1, blocks + 1)) + ("features", "avgpool")
+        if start is not None and start not in starts:
+            raise ValueError(f"unknown start {start!r}; choices: {', '.join(starts)}")
+        skip = starts.index(start) + 1 if start is not None else 0   # blocks (or more) to skip
         i, block = 0, 1
         y = x
         for v in self.cfg:
             if v == "M":
-                self.sow("intermediates", f"block{block}", y)
-                y = nn.max_pool(y, (2, 2), (2, 2))
+                if block > skip:
+                    self.sow("intermediates", f"block{block}", y)
+                if block >= skip:
+                    y = nn.max_pool(y, (2, 2), (2, 2))
                 i, block = i + 1, block + 1
                 continue
-            y = nn.Conv(v, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
-                        name=f"features_{i}")(y)
-            if self.batch_norm:
-                y = batch_norm(train, f"features_{i + 1}")(y)
-            y = nn.relu(y)
+            if block > skip:
+                y = nn.Conv(v, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
+                            name=f"features_{i}")(y)
+                if self.batch_norm:
+                    y = batch_norm(train, f"features_{i + 1}")(y)
+                y = nn.relu(y)
             i += 3 if self.batch_norm else 2
-        self.sow("intermediates", "features", y)
-        y = adaptive_avg_pool(y, (7, 7))
-        self.sow("intermediates", "avgpool", y)
+        if start != "avgpool":
+            if start != "features":
+                self.sow("intermediates", "features", y)
+            y = adaptive_avg_pool(y, (7, 7))
+            self.sow("intermediates", "avgpool", y)
         y = y.reshape(y.shape[0], -1)                        # HWC flatten (torch: CHW)
         for k, name in ((0, "fc6"), (3, "fc7")):
-            y = nn.relu(nn.Dense(4096, kernel_init=dense_init, name=f"classifier_{k}")(y))
+            y = nn.relu(nn.Dense(self.fc_features, kernel_init=dense_init,
+                                 name=f"classifier_{k}")(y))
             self.sow("intermediates", name, y)
             y = nn.Dropout(self.dropout, deterministic=not train)(y)
         if self.embed_dim:

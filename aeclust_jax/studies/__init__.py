@@ -33,6 +33,8 @@ STUDIES: tuple[Study, ...] = (
           ("cae_v1", "cae_v2", "cae_v3", "unet"), "s2"),
     Study("pretrain", "S3, autoencoder pretraining with few labels", ("mlp", "mlp_ae"), "s3"),
     Study("dsc", "S4, deep subspace clustering", ("dsc",), "s4"),
+    Study("feature_compression", "S5, compressing a CNN's feature map with an autoencoder",
+          ("feature_ae",), "s5"),
     Study("supervised", "Supervised backbones (S2's supervised rows, S5's classifier)",
           ("resnet18", "resnet34", "resnet50", "vgg16", "vgg16_bn", "efficientnet_lite0")),
 )

@@ -62,6 +62,14 @@ class Checkpointer:
         got = self.manager.restore(epoch, args=ocp.args.StandardRestore(target))
         return state.replace(**got)
 
+    def read(self, epoch: int | None = None) -> dict:
+        """The payload saved at ``epoch`` (default the newest) as nested dicts of arrays, without a
+        target state (e.g. the params and batch_stats of a finished run, no model init needed)."""
+        epoch = self.latest_epoch() if epoch is None else epoch
+        if epoch is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        return self.manager.restore(epoch, args=ocp.args.StandardRestore())
+
     def restore_latest(self, state):
         """(state, epoch) from the newest checkpoint, or (state, 0) when there is none."""
         epoch = self.latest_epoch()
