@@ -2,6 +2,7 @@
 learning rate, batch norm in the engine (train step, checkpoint and resume), pretrained merge,
 and train.py --model resnet18 end to end on a small learnable image archive."""
 
+import dataclasses
 import io
 import zipfile
 
@@ -225,3 +226,19 @@ def test_cli_errors_before_anything_is_written(tmp_path, capsys):
     assert "only for efficientnet_lite0" in capsys.readouterr().err and not out.exists()
     assert run_main(train_main, ["--model", "resnet18", "--schedule", "linear"]) == 2
     assert "invalid choice: 'linear'" in capsys.readouterr().err
+
+
+def test_test_per_class_is_balanced_and_seeded_where_test_limit_takes_the_stored_order(tmp_path):
+    """The colour archive stores its test split sorted by class (10 red, 10 green, 10 blue):
+    the first 6 are one class; test_per_class=2 gives 2 of each, the same rows for one seed."""
+    from aeclust_jax.studies.supervised import SupervisedConfig, load_data
+    archive = _colour_archive(tmp_path / "colours.zip")
+    cfg = SupervisedConfig(path=str(archive), progress=False)
+    _, first = load_data(dataclasses.replace(cfg, test_limit=6))
+    assert len(np.unique(first.labels)) == 1
+    _, te = load_data(dataclasses.replace(cfg, test_per_class=2))
+    assert np.bincount(te.labels).tolist() == [2, 2, 2]
+    _, again = load_data(dataclasses.replace(cfg, test_per_class=2))
+    np.testing.assert_array_equal(again.images, te.images)
+    _, other = load_data(dataclasses.replace(cfg, test_per_class=2, seed=1))
+    assert not np.array_equal(other.images, te.images)

@@ -64,7 +64,10 @@ class SupervisedConfig:
     train_per_class: int = field(0, "a seeded class-balanced subset of the training split: this "
                                  "many per class (S2: 500 = 5k labels; 0: all)")
     train_limit: int = field(0, "the first N training images (0: all)")
-    test_limit: int = field(0, "the first N test images (0: all)")
+    test_per_class: int = field(0, "a seeded class-balanced subset of the test split: this many "
+                                   "per class (0: all)")
+    test_limit: int = field(0, "the first N test images in stored order (0: all; an archive sorted "
+                               "by class gives few classes: prefer test_per_class)")
     seed: int = field(0, "seed of the init, the subset, the shuffling and the augmentation")
     eval_every: int = field(1, "test accuracy every N epochs (and after the last)")
     eval_batch: int = field(500, "batch size of evaluation")
@@ -90,7 +93,7 @@ class SupervisedConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("image_size", "embed_dim", "warmup_epochs", "crop_pad", "train_per_class",
-                     "train_limit", "test_limit", "weight_decay", "backbone_lr_scale", "momentum"):
+                     "train_limit", "test_per_class", "test_limit", "weight_decay", "backbone_lr_scale", "momentum"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -129,9 +132,13 @@ def load_data(cfg: SupervisedConfig):
     if cfg.train_limit:
         rows = rows[:cfg.train_limit]
     tr = dataclasses.replace(tr, images=tr.images[rows], labels=tr.labels[rows])
+    test_rows = np.arange(len(te))
+    if cfg.test_per_class:
+        test_rows = balanced_subset(te.labels, cfg.test_per_class, cfg.seed)
     if cfg.test_limit:
-        te = dataclasses.replace(te, images=te.images[:cfg.test_limit],
-                                 labels=te.labels[:cfg.test_limit])
+        test_rows = test_rows[:cfg.test_limit]
+    if len(test_rows) < len(te):
+        te = dataclasses.replace(te, images=te.images[test_rows], labels=te.labels[test_rows])
     if (tr.labels < 0).any() or (te.labels < 0).any():
         raise ConfigError(f"dataset {cfg.dataset} has unlabeled rows; supervised training needs labels")
     return tr, te
