@@ -24,6 +24,8 @@ def main():
     p.add_argument("--die-at-step", type=int, default=-1)
     p.add_argument("--ckpt")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--then-fresh", help="afterwards, the same run from scratch without checkpoints "
+                                        "(same compiled steps) into this .npz")
     a = p.parse_args()
 
     from aeclust_jax import train
@@ -50,17 +52,24 @@ def main():
         if jax.process_index() == 1 and step["n"] == a.die_at_step:
             os._exit(3)
 
-    ckpt = train.Checkpointer(a.ckpt, every=1, keep=3) if a.ckpt else None
-    res = train.fit(state, {"image": images}, make_loss(model), batch_size=a.batch,
-                    epochs=a.epochs, key=key, step_hook=hook, checkpointer=ckpt,
-                    resume=a.resume)
-    if ckpt is not None:
-        ckpt.close()
-    leaves = [np.asarray(train.to_host(x)).ravel() for x in jax.tree_util.tree_leaves(res.state.params)]
-    if jax.process_index() == 0:
-        np.savez(a.out, losses=np.array([r["loss"] for r in res.history]),
-                 params=np.concatenate(leaves), processes=jax.process_count(),
-                 devices=jax.device_count())
+    loss_fn = make_loss(model)
+
+    def run(out, ckpt_dir, resume):
+        ckpt = train.Checkpointer(ckpt_dir, every=1, keep=3) if ckpt_dir else None
+        res = train.fit(state, {"image": images}, loss_fn, batch_size=a.batch, epochs=a.epochs,
+                        key=key, step_hook=hook, checkpointer=ckpt, resume=resume)
+        if ckpt is not None:
+            ckpt.close()
+        leaves = [np.asarray(train.to_host(x)).ravel()
+                  for x in jax.tree_util.tree_leaves(res.state.params)]
+        if jax.process_index() == 0:
+            np.savez(out, losses=np.array([r["loss"] for r in res.history]),
+                     params=np.concatenate(leaves), processes=jax.process_count(),
+                     devices=jax.device_count())
+
+    run(a.out, a.ckpt, a.resume)
+    if a.then_fresh:
+        run(a.then_fresh, None, False)
     return 0
 
 
