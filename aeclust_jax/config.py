@@ -206,3 +206,13 @@ def parse_key_values(items, option: str, error: type[Exception] = ConfigError) -
             raise error(f"{option} expects KEY=VALUE, got {item!r}")
         out[key] = yaml.safe_load(raw) if raw else ""
     return out
+
+
+def config_from_args(cls: type[T], args) -> T:
+    """The config of a generated command line: defaults <- ``--config`` FILE <- the options
+    typed; with ``--resume`` the run's saved ``<--out>/config.yaml`` replaces the first two."""
+    over = config_overrides(args, cls)
+    saved = pathlib.Path(args.out or "") / "config.yaml"
+    if args.resume and args.out and saved.is_file():
+        return load_config(cls, None, over, base=load_config(cls, saved))
+    return load_config(cls, args.config, over)

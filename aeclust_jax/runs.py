@@ -199,3 +199,10 @@ def claim_artifact_dir(folder: str | os.PathLike, fields: Mapping[str, Any], wha
     make_dir(folder)
     write_json(record, fields)
     return folder
+
+
+def check_resume(out: str | os.PathLike, config: Mapping[str, Any], *,
+                 may_differ: Iterable[str] = ("epochs",)) -> None:
+    """``--resume`` of the run in ``out``: ``check_resume_config`` against its config.yaml."""
+    saved = pathlib.Path(out) / "config.yaml"
+    check_resume_config(read_config(saved), config, saved, may_differ=may_differ)

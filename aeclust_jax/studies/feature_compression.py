@@ -429,9 +429,7 @@ def run(cfg: FeatureCompressionConfig, out: str | pathlib.Path, *, resume: bool 
     cfg = cfg.validate()
     out = runs.check_run_dir(out, resume=resume)
     if resume:
-        saved = out / "config.yaml"
-        runs.check_resume_config(runs.read_config(saved), to_dict(cfg), saved,
-                                 may_differ=RESUME_MAY_DIFFER)
+        runs.check_resume(out, to_dict(cfg), may_differ=RESUME_MAY_DIFFER)
         if runs.is_complete(out):
             print(f"{out} is already complete; nothing to do")
             return runs.read_json(out / "metrics.json")

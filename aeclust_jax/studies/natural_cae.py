@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aeclust_jax import runs, train
+from aeclust_jax import config, runs, train
 from aeclust_jax.cli import make_parser, prog_name
 from aeclust_jax.config import (ConfigError, add_config_options, config_overrides, field, load_config,
                                 to_dict)
@@ -383,9 +383,7 @@ def run(cfg: S2Config, out: str | pathlib.Path, *, resume: bool = False,
     cfg = cfg.validate()
     out = runs.check_run_dir(out, resume=resume)
     if resume:
-        saved = out / "config.yaml"
-        runs.check_resume_config(runs.read_config(saved), to_dict(cfg), saved,
-                                 may_differ=RESUME_MAY_DIFFER)
+        runs.check_resume(out, to_dict(cfg), may_differ=RESUME_MAY_DIFFER)
         if runs.is_complete(out):
             return runs.read_json(out / "metrics.json")
     t0 = time.perf_counter()
@@ -463,11 +461,7 @@ def train_parser():
 
 def config_from_args(args) -> S2Config:
     """Defaults <- --config <- options typed; --resume starts from the run's config.yaml."""
-    over = config_overrides(args, S2Config)
-    saved = pathlib.Path(args.out or "") / "config.yaml"
-    if args.resume and args.out and saved.is_file():
-        return load_config(S2Config, None, over, base=load_config(S2Config, saved))
-    return load_config(S2Config, args.config, over)
+    return config.config_from_args(S2Config, args)
 
 
 def train_main(argv: Sequence[str]) -> int:

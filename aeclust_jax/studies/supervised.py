@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from aeclust_jax import runs, train
+from aeclust_jax import config
 from aeclust_jax.cli import make_parser, prog_name
-from aeclust_jax.config import (ConfigError, add_config_options, config_overrides, field,
-                                load_config, to_dict)
+from aeclust_jax.config import ConfigError, add_config_options, field, to_dict
 from aeclust_jax.train import supervised as sup
 
 MODELS = ("resnet18", "resnet34", "resnet50", "vgg16", "vgg16_bn", "efficientnet_lite0")
@@ -191,9 +191,7 @@ def run(cfg: SupervisedConfig, out: str | pathlib.Path, *, resume: bool = False)
     cfg = cfg.validate()
     out = runs.check_run_dir(out, resume=resume)
     if resume:
-        saved = out / "config.yaml"
-        runs.check_resume_config(runs.read_config(saved), to_dict(cfg), saved,
-                                 may_differ=RESUME_MAY_DIFFER)
+        runs.check_resume(out, to_dict(cfg), may_differ=RESUME_MAY_DIFFER)
         if runs.is_complete(out) and runs.read_json(out / "metrics.json")["epochs"] >= cfg.epochs:
             print(f"{out} is already complete with {cfg.epochs} epochs; nothing to do")
             return runs.read_json(out / "metrics.json")
@@ -310,12 +308,7 @@ def train_parser():
 
 def config_from_args(args) -> SupervisedConfig:
     """Defaults <- --config <- options typed; --resume starts from the run's config.yaml."""
-    over = config_overrides(args, SupervisedConfig)
-    saved = pathlib.Path(args.out or "") / "config.yaml"
-    if args.resume and args.out and saved.is_file():
-        return load_config(SupervisedConfig, None, over,
-                           base=load_config(SupervisedConfig, saved))
-    return load_config(SupervisedConfig, args.config, over)
+    return config.config_from_args(SupervisedConfig, args)
 
 
 def train_main(argv: Sequence[str]) -> int:
