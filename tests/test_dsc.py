@@ -5,6 +5,7 @@ CLI on a COIL-20 subset."""
 import dataclasses
 import json
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ import pytest
 from aeclust_jax import runs
 from aeclust_jax.config import ConfigError
 from aeclust_jax.data import load
+from aeclust_jax.errors import UsageError
 from aeclust_jax.models import get_model
 from aeclust_jax.models.dsc import DSCNet, dsc_net
 from aeclust_jax.studies import dsc
@@ -492,25 +494,44 @@ def test_train_cli_end_to_end_on_coil20_subset(real_manual_dir, tmp_path, capsys
 
 
 @pytest.mark.realdata
-def test_reproduce_s4_tiny(real_manual_dir, tmp_path):
+def test_reproduce_s4_tiny_in_workers_and_shards(real_manual_dir, tmp_path, capsys):
     out, work = tmp_path / "res", tmp_path / "runs"
-    argv = ["--seeds", "1", "--rows", "noatt_c1", "att_c1", "--classes", "2", "--per-class", "16",
+    argv = ["--seeds", "2", "--rows", "noatt_c1", "att_c1", "--classes", "2", "--per-class", "16",
             "--pretrain-epochs", "5", "--finetune-iters", "5", "--runs", str(work),
             "--out", str(out), "--no-progress"]
     reproduce = _script_main("reproduce")
-    assert reproduce(["s4"] + argv) == 0
+    assert reproduce(["s4"] + argv + ["--workers", "2"]) == 0     # one process per seed
+    assert "2 runs on 2 worker processes" in capsys.readouterr().out
     table = json.loads((out / "results.json").read_text())
     assert [t["row"] for t in table] == ["noatt_c1", "att_c1"]
     ds = load("coil20")
     _, y = dsc.select_subset(ds.images, ds.labels, 2, 16)
     for t in table:                # the table aggregates the runs' metrics, which score labels.npy
-        run_dir = work / t["row"] / "seed0"
-        m = json.loads((run_dir / "metrics.json").read_text())
-        assert t["seeds"] == [0] and t["acc"]["mean"] == m["acc"] and t["acc"]["std"] == 0
-        assert m["acc"] == dsc.evaluate(y, np.load(run_dir / "labels.npy"))["acc"]
+        ms = [json.loads((work / t["row"] / f"seed{s}" / "metrics.json").read_text()) for s in (0, 1)]
+        assert t["seeds"] == [0, 1] and t["acc_per_seed"] == [m["acc"] for m in ms]
+        assert t["acc"]["mean"] == pytest.approx(np.mean(t["acc_per_seed"]))
+        for s, m in enumerate(ms):
+            labels = np.load(work / t["row"] / f"seed{s}" / "labels.npy")
+            assert m["acc"] == dsc.evaluate(y, labels)["acc"]
     assert (out / "results.md").read_text().count("| 16x16x1 |") == 2
-    # the two rows shared one pretrained AE; a second call reuses the finished runs
-    assert len(list((work / "pretrained").iterdir())) == 1
+    # the two rows of a seed shared one pretrained AE
+    assert sorted(p.name for p in (work / "pretrained").iterdir()) == ["c1-e5-seed0", "c1-e5-seed1"]
+    # seed 1 trained again in this process (shard 1 of 2) gives what its worker gave
+    first = {r: (work / r / "seed1" / "labels.npy").read_bytes() for r in ("noatt_c1", "att_c1")}
+    for r in first:
+        shutil.rmtree(work / r / "seed1")
+    shutil.rmtree(work / "pretrained" / "c1-e5-seed1")
+    (out / "results.json").unlink()
     mtime = (work / "att_c1" / "seed0" / "metrics.json").stat().st_mtime_ns
+    assert dsc.reproduce_main(argv + ["--shard", "1/2"]) == 0
+    assert "run the command without --shard" in capsys.readouterr().out
+    assert not (out / "results.json").exists()                     # a shard writes no table
+    assert {r: (work / r / "seed1" / "labels.npy").read_bytes() for r in first} == first
+    # the command without --shard trains nothing more and gathers the same table
     assert dsc.reproduce_main(argv) == 0
     assert (work / "att_c1" / "seed0" / "metrics.json").stat().st_mtime_ns == mtime
+    again = json.loads((out / "results.json").read_text())
+    assert [(t["acc_per_seed"], t["nmi_per_seed"]) for t in again] == \
+        [(t["acc_per_seed"], t["nmi_per_seed"]) for t in table]
+    with pytest.raises(UsageError, match="--shard expects I/N"):
+        dsc.reproduce_main(argv + ["--shard", "1"])

@@ -247,3 +247,32 @@ def test_reproduce_end_to_end_and_resume(real_manual_dir, tmp_path):
     assert run_main(s3.reproduce_main, argv) == 0
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
     assert json.loads((out / "results.json").read_text()) == results
+
+
+def test_run_jobs_keeps_runs_sharing_an_autoencoder_together_and_shards_them(tmp_path, monkeypatch):
+    from aeclust_jax.studies.pretrain import report
+    base = s3.S3Config()
+    exps = [e for e in s3.EXPERIMENTS if e.number in (1, 3, 4)]
+    jobs = s3.planned_jobs(base, [0, 1], exps, [0.1])
+    calls = []
+    monkeypatch.setattr(report, "_run_group", lambda group, data, *rest: calls.append(list(group)))
+
+    def groups(shard=None):
+        calls.clear()
+        report.run_jobs(jobs, None, None, tmp_path, tsne_samples=1, code_jobs=(), progress=False,
+                        shard=shard)
+        return [list(g) for g in calls]
+
+    every = groups()
+    assert sorted(n for g in every for n in g) == sorted(jobs)             # each run once
+    for g in every:        # a group: runs of one seed that share one autoencoder, or one plain MLP
+        cfgs = [jobs[n] for n in g]
+        assert len({(c.seed, c.encoder_widths, c.model) for c in cfgs}) == 1
+        assert len(g) == 1 or cfgs[0].model == "mlp_ae"
+    ae = [g for g in every if jobs[g[0]].model == "mlp_ae"]
+    assert len(ae) == 2 and all(len(g) > 2 for g in ae)                   # one AE per seed
+    assert groups("0/2") + groups("1/2") != every and \
+        sorted(groups("0/2") + groups("1/2")) == sorted(every)             # two shares, all runs
+    done = ae[0][0]                                                        # a finished run is skipped,
+    (tmp_path / f"{done}.json").write_text("{}")                          # its group's others are not
+    assert done not in [n for g in groups() for n in g] and len(groups()) == len(every)

@@ -12,10 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
-from aeclust_jax import runs
+from aeclust_jax import grid, runs
 from aeclust_jax.cli import make_parser, prog_name
 from aeclust_jax.config import load_config, to_dict
 from aeclust_jax.errors import UsageError
+from aeclust_jax.grid import Task
 from aeclust_jax.studies.dsc.config import DSCConfig, PRESETS, preset
 from aeclust_jax.studies.dsc.recipe import check_inputs, select_subset, train_and_evaluate
 
@@ -60,6 +61,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, help="M images per class only (quick checks; default: all)")
     p.add_argument("--runs", default="runs/s4", help="folder of the individual runs")
     p.add_argument("--out", default="results/s4", help="folder of the table and figures")
+    grid.add_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
     return p
 
@@ -119,6 +121,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
     a = reproduce_parser().parse_args(list(argv))
     if a.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {a.seeds}")
+    grid.check_options(a)
     rows = [ROW_BY_NAME[n] for n in dict.fromkeys(a.rows)]
     base = load_config(DSCConfig, a.config, {"pretrain_epochs": a.pretrain_epochs,
                                              "finetune_iters": a.finetune_iters},
@@ -132,8 +135,9 @@ def reproduce_main(argv: Sequence[str]) -> int:
     runs.make_dir(out)
     settings = {"seeds": a.seeds, "n_images": len(labels), **to_dict(base)}
     settings.pop("channels"), settings.pop("attention")
-    per_run: dict[str, list[dict]] = {}
-    for seed in range(a.seeds):            # seed-major: partial results cover every row
+    done: dict[tuple[str, int], dict] = {}       # (row, seed) -> metrics
+    groups: dict[tuple[int, int], list] = {}     # (channels, seed) -> rows sharing a pretrained AE
+    for seed in range(a.seeds):            # seed-major: the first tasks cover every row
         for r in rows:
             cfg = dataclasses.replace(base, channels=base.channels[:-1] + (r.channels,),
                                       attention=r.attention)
@@ -143,19 +147,41 @@ def reproduce_main(argv: Sequence[str]) -> int:
                 if m.get("n_images") != len(labels) or m.get("config") != to_dict(cfg):
                     raise runs.RunExistsError(f"{run_dir} holds a run with other settings; "
                                               f"choose another --runs folder")
-            else:
-                if run_dir.exists():   # an interrupted run: start it again from scratch
-                    import shutil
-                    shutil.rmtree(run_dir)
-                print(f"[s4] {r.name} seed {seed}", flush=True)
-                m = train_and_evaluate(
-                    images, labels, cfg, runs.prepare_run_dir(run_dir), seed=seed,
-                    pretrain_dir=work / "pretrained" / f"c{r.channels}-e{cfg.pretrain_epochs}-seed{seed}",
-                    extra={"row": r.name, "config": to_dict(cfg)},
-                    progress=not a.no_progress, figures=(seed == 0))
-                print(f"[s4] {r.name} seed {seed}: acc={m['acc']:.4f} nmi={m['nmi']:.4f}", flush=True)
-            per_run.setdefault(r.name, []).append(m)
-        _write_results(out, summarize(rows, per_run), settings)
+                done[r.name, seed] = m
+            groups.setdefault((r.channels, seed), []).append((r.name, cfg, run_dir))
+    tasks = []
+    for (c, seed), items in grid.shard(list(groups.items()), a.shard):
+        items = [item for item in items if (item[0], seed) not in done]
+        if items:
+            tasks.append(Task(f"{', '.join(name for name, _, _ in items)} seed {seed}", _run_rows,
+                              (items, images, labels,
+                               work / "pretrained" / f"c{c}-e{base.pretrain_epochs}-seed{seed}",
+                               seed, not (a.no_progress or a.workers > 1))))
+    for result in grid.run_tasks(tasks, a.workers, log=print if not a.no_progress or a.workers > 1
+                                 else (lambda _: None)):
+        done.update(result)
+    if a.shard is not None:
+        print(f"shard {a.shard}: done; run the command without --shard to gather the table")
+        return 0
+    per_run = {r.name: [done[r.name, seed] for seed in range(a.seeds)] for r in rows}
+    _write_results(out, summarize(rows, per_run), settings)
     print(markdown_table(summarize(rows, per_run)))
     print(f"wrote {out}")
     return 0
+
+
+def _run_rows(items, images, labels, pretrain_dir: pathlib.Path, seed: int, progress: bool) -> dict:
+    """Trains and evaluates the rows ``items`` [(name, cfg, run_dir)] of one seed, which share the
+    pretrained autoencoder in ``pretrain_dir``; returns {(name, seed): metrics}."""
+    out = {}
+    for name, cfg, run_dir in items:
+        if run_dir.exists():   # an interrupted run: start it again from scratch
+            import shutil
+            shutil.rmtree(run_dir)
+        print(f"[s4] {name} seed {seed}", flush=True)
+        m = train_and_evaluate(images, labels, cfg, runs.prepare_run_dir(run_dir), seed=seed,
+                               pretrain_dir=pretrain_dir, extra={"row": name, "config": to_dict(cfg)},
+                               progress=progress, figures=(seed == 0))
+        print(f"[s4] {name} seed {seed}: acc={m['acc']:.4f} nmi={m['nmi']:.4f}", flush=True)
+        out[name, seed] = m
+    return out

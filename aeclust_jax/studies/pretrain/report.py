@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aeclust_jax import runs
+from aeclust_jax import grid, runs
 from aeclust_jax.cli import make_parser, prog_name
 from aeclust_jax.config import load_config, to_dict
 from aeclust_jax.errors import UsageError
+from aeclust_jax.grid import Task
 from aeclust_jax.studies.pretrain.config import DEFAULT_CONFIG, EXPERIMENTS, Experiment, S3Config, SWEEP_FRACTIONS, SWEEP_METHODS, VARIANTS
 from aeclust_jax.studies.pretrain.recipe import _d, build_model, check_data, encode, limit, load_splits, run
 
@@ -76,24 +77,48 @@ def _pretrain_id(cfg: S3Config):
 
 
 def run_jobs(jobs: dict[str, S3Config], train_ds, test_ds, runs_dir: pathlib.Path, *,
-             tsne_samples: int, code_jobs: Sequence[str], progress: bool) -> None:
-    """Runs every job whose ``runs_dir/<name>.json`` is missing, sharing pretrained AEs per
-    (encoder, seed); for the jobs in ``code_jobs`` also saves the codes of the first
-    ``tsne_samples`` test images (``<name>.codes.npz``: pretrained, final) for the t-SNE figure."""
-    todo = [n for n in jobs if not (runs_dir / f"{n}.json").is_file()]
-    cache: dict[Any, Any] = {}
-    names = todo
-    if progress:
-        from tqdm.auto import tqdm
-        names = tqdm(todo, desc="s3 runs", unit="run", dynamic_ncols=True)
-    for name in names:
-        cfg = jobs[name]
-        pid = _pretrain_id(cfg) if cfg.model == "mlp_ae" else None
-        cache = {k: v for k, v in cache.items() if k[2] == cfg.seed}   # this seed's AEs only
+             tsne_samples: int, code_jobs: Sequence[str], progress: bool, workers: int = 1,
+             shard: str | None = None) -> None:
+    """Runs every job whose ``runs_dir/<name>.json`` is missing. Jobs that share a pretrained
+    autoencoder (same encoder and seed) form one task and share it; the tasks run ``workers`` at a
+    time (``aeclust_jax.grid``: a process each, the data loaded once per worker); ``shard`` "I/N"
+    keeps the I-th of N shares of the tasks. For the jobs in
+    ``code_jobs`` also saves the codes of the first ``tsne_samples`` test images
+    (``<name>.codes.npz``: pretrained, final) for the t-SNE figure."""
+    groups: dict[Any, list[str]] = {}
+    for name, cfg in jobs.items():
+        key = (cfg.seed, _pretrain_id(cfg)) if cfg.model == "mlp_ae" else name
+        groups.setdefault(key, []).append(name)
+    todo = [[n for n in names if not (runs_dir / f"{n}.json").is_file()]
+            for names in grid.shard(list(groups.values()), shard)]
+    data = (train_ds, test_ds) if workers == 1 else None   # workers load their own copy
+    tasks = [Task(names[0] + (f" (+{len(names) - 1} sharing its autoencoder)" if len(names) > 1 else ""),
+                  _run_group, ({n: jobs[n] for n in names}, data, runs_dir, tsne_samples,
+                               tuple(code_jobs)))
+             for names in todo if names]
+    log = print if progress or workers > 1 else (lambda _: None)
+    grid.run_tasks(tasks, workers, log=log)
+
+
+_worker_splits: dict[str, tuple] = {}   # dataset -> (train, test), loaded once per worker process
+
+
+def _run_group(group: dict[str, S3Config], data, runs_dir: pathlib.Path, tsne_samples: int,
+               code_jobs: Sequence[str]) -> None:
+    """Runs ``group`` (jobs that share one pretrained autoencoder) one after another; writes
+    ``runs_dir/<name>.json`` per job. ``data``: (train, test), or None to load them here."""
+    first = next(iter(group.values()))
+    if data is None:
+        if first.dataset not in _worker_splits:
+            _worker_splits[first.dataset] = load_splits(first)
+        data = _worker_splits[first.dataset]
+    train_ds, test_ds = data
+    pretrained = None
+    for name, cfg in group.items():
         t0 = time.perf_counter()
-        result = run(cfg, train_ds, test_ds, pretrained=cache.get(pid))
-        if pid is not None:
-            cache[pid] = result.pretrained
+        result = run(cfg, train_ds, test_ds, pretrained=pretrained)
+        if cfg.model == "mlp_ae":
+            pretrained = result.pretrained
             if name in code_jobs:
                 x = limit(test_ds.images, test_ds.labels, cfg.test_limit)[0][:tsne_samples]
                 model = build_model(cfg, x.shape[1:], int(test_ds.num_classes))
@@ -239,6 +264,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument("--tsne-samples", type=int, default=2000, help="test images in the t-SNE figure")
     p.add_argument("--train-limit", type=int, help="use the first N training images (quick runs; default: all)")
     p.add_argument("--test-limit", type=int, help="evaluate on the first N test images (default: all)")
+    grid.add_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -247,6 +273,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
     args = reproduce_parser().parse_args(list(argv))
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    grid.check_options(args)
     if any(not 0 < f <= 1 for f in args.fractions):
         raise UsageError(f"--fractions must lie in (0, 1], got {args.fractions}")
     path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
@@ -272,7 +299,10 @@ def reproduce_main(argv: Sequence[str]) -> int:
     runs.write_json(old, manifest)
     code_jobs = [job_name(dataclasses.replace(e.config(base), seed=seeds[0])) for _, e, _ in TSNE_PANELS]
     run_jobs(jobs, train_ds, test_ds, runs_dir, tsne_samples=args.tsne_samples, code_jobs=code_jobs,
-             progress=not args.no_progress)
+             progress=not args.no_progress, workers=args.workers, shard=args.shard)
+    if args.shard is not None:
+        print(f"shard {args.shard}: done; run the command without --shard to gather the tables")
+        return 0
     results, variants, sweep = summarize(jobs, runs_dir, base, seeds, experiments, fractions)
     runs.write_json(out / "results.json", results)
     runs.write_json(out / "variants.json", variants)

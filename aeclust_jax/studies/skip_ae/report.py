@@ -13,7 +13,8 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from aeclust_jax import runs, train
+from aeclust_jax import grid, runs, train
+from aeclust_jax.grid import Task
 from aeclust_jax.cli import make_parser, prog_name
 from aeclust_jax.config import load_config, parse_key_values
 from aeclust_jax.errors import UsageError
@@ -52,8 +53,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument("--scan-epoch", action="store_true",
                    help="run each epoch as one lax.scan (same numbers; much faster on a GPU)")
     p.add_argument("--tsne-backend", help="auto (default) | opentsne | tsnecuda | jax")
-    p.add_argument("--workers", type=int, default=1,
-                   help="runs trained at once, each in its own process (e.g. several per GPU)")
+    grid.add_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
     p.add_argument("--summary-only", action="store_true",
                    help="train nothing: table + figures from the runs already complete")
@@ -80,8 +80,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
             raise UsageError(f"unknown model {m!r}; choices: {', '.join(MODELS)}")
     if a.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {a.seeds}")
-    if a.workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {a.workers}")
+    grid.check_options(a)
     ds_opts = _dataset_options(a.dataset_option)
     runs_dir = pathlib.Path(a.runs or "runs/s1")
     out = pathlib.Path(a.out)
@@ -109,19 +108,16 @@ def reproduce_main(argv: Sequence[str]) -> int:
                     jobs.append((cfg.validate(), runs_dir / f"{ds}-{model}{suffix}-{seed}", model + suffix))
     print(f"S1: {len(jobs)} runs into {runs_dir}")
     todo = []
-    for i, (cfg, run_dir, _) in enumerate(jobs):
-        if a.summary_only:
-            break
+    for cfg, run_dir, _ in [] if a.summary_only else grid.shard(jobs, a.shard):
         if runs.is_complete(run_dir):
-            print(f"[{i + 1}/{len(jobs)}] {run_dir}: complete, skipped")
-            continue
-        todo.append((i, cfg, run_dir))
-    if a.workers == 1:
-        for i, cfg, run_dir in todo:
-            print(f"[{i + 1}/{len(jobs)}] {run_dir}")
-            _run_job(cfg, run_dir)
-    elif todo:
-        _run_parallel(todo, len(jobs), a.workers)
+            print(f"{run_dir}: complete, skipped")
+        else:
+            todo.append((cfg, run_dir))
+    grid.run_tasks([Task(str(run_dir), _run_job, (cfg, run_dir)) for cfg, run_dir in todo],
+                   a.workers, init=_set_tsne_jobs)
+    if a.shard is not None:
+        print(f"shard {a.shard}: done; run the command without --shard to gather the table")
+        return 0
     summary = summarize(jobs, out)
     print((out / "results.md").read_text())
     return 0 if summary else 1
@@ -131,25 +127,6 @@ def _run_job(cfg: S1Config, run_dir: pathlib.Path) -> str:
     """One reproduction run (resumed when its folder holds an unfinished one)."""
     run(cfg, run_dir, resume=run_dir.is_dir() and any(run_dir.iterdir()))
     return str(run_dir)
-
-
-def _run_parallel(todo, total: int, workers: int) -> None:
-    """Runs ``todo`` [(index, cfg, run_dir)] in ``workers`` spawned processes. On a GPU each
-    process allocates memory as it goes (XLA_PYTHON_CLIENT_PREALLOCATE=false) so they share it;
-    each worker's t-SNE gets cores // workers threads (12 workers x all 16 cores made every
-    t-SNE 60x slower on the H100 machine: 300 s instead of 5 s)."""
-    import concurrent.futures
-    import multiprocessing
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    ctx = multiprocessing.get_context("spawn")
-    jobs = max(1, (os.cpu_count() or 1) // workers)
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_set_tsne_jobs,
-                                                initargs=(jobs,)) as pool:
-        futures = {pool.submit(_run_job, cfg, run_dir): (i, run_dir) for i, cfg, run_dir in todo}
-        for f in concurrent.futures.as_completed(futures):
-            i, run_dir = futures[f]
-            f.result()       # a failed run re-raises here, with its traceback
-            print(f"[{i + 1}/{total}] {run_dir}: done", flush=True)
 
 
 def summarize(jobs, out: pathlib.Path) -> dict:

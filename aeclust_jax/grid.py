@@ -1,0 +1,194 @@
+"""Independent runs of a reproduction (models x datasets x seeds) spread over worker processes,
+each pinned to one device: one GPU, or on a CPU-only machine an equal share of the cores.
+
+    from aeclust_jax.grid import Task, run_tasks
+    results = run_tasks([Task("mnist-cae-0", run_one, (cfg, run_dir)), ...], workers=2)
+
+``workers=1`` runs the tasks one after another in this process. With ``workers=N`` each task runs
+in one of N spawned processes; worker ``i`` gets GPU ``i mod n_gpus`` (several workers may share a
+GPU: memory is then allocated as needed, not preallocated) or, on a CPU-only machine, one XLA host
+device; in both cases it runs on the cores ``cpus[i * c : (i + 1) * c]``, ``c = cores // N``
+(CPU affinity, so XLA's, BLAS' and openTSNE's thread pools stay on them: 12 GPU workers whose
+t-SNEs each used all 16 cores once made every t-SNE 60x slower). Results come back in task order.
+When a task fails, the tasks not started yet are cancelled, the running ones finish (their runs
+stay complete), and the error is raised with the worker's traceback.
+
+Why processes and not ``jax.distributed``: the runs share nothing, so a collective runtime has
+nothing to do; a run per process keeps each run's numbers those of a one-device run (tested), and
+a failure stays local. Across machines, ``--shard I/N`` runs the I-th of N equal shares of the
+planned runs (e.g. one Slurm array task each); the same command without ``--shard`` then trains
+only what is missing and gathers the table (docs/distributed.md).
+
+    p = make_parser(...); grid.add_options(p)          # --workers N, --shard I/N
+    groups = grid.shard(all_planned_groups, args.shard)  # before skipping complete runs
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Sequence
+
+from aeclust_jax.errors import UsageError
+
+_WORKER_THREADS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_limits = None     # the worker's threadpoolctl limits (kept alive for the worker's lifetime)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One independent run: ``fn(*args)`` with a top-level (picklable) ``fn``; ``name`` is printed."""
+    name: str
+    fn: Callable[..., Any]
+    args: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """What worker ``index`` runs on: environment overrides and the CPUs it may use."""
+    index: int
+    env: dict
+    cpus: tuple[int, ...]
+
+
+def add_options(p) -> None:
+    """Adds ``--workers N`` and ``--shard I/N`` to a reproduce parser."""
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs trained at once, each in its own process on one device (a GPU, or an "
+                        "equal share of the CPU cores); runs that share an intermediate stay together")
+    p.add_argument("--shard", metavar="I/N",
+                   help="train only the I-th (0-based) of N equal shares of the runs, write no table "
+                        "(several machines, e.g. a Slurm array); gather by rerunning without it")
+
+
+def check_options(args) -> None:
+    """Validates --workers / --shard (UsageError naming the option); prepares a pool's parent."""
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.shard is not None:
+        parse_shard(args.shard)
+    prepare(args.workers)
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """"I/N" -> (I, N) with 0 <= I < N."""
+    try:
+        i, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard expects I/N (e.g. 0/4), got {spec!r}") from None
+    if not 0 <= i < n:
+        raise UsageError(f"--shard {spec}: I must be in 0..N-1")
+    return i, n
+
+
+def shard(items: Sequence, spec: str | None) -> list:
+    """The share of ``items`` that ``--shard I/N`` asks for: every N-th item from the I-th. Give it
+    the whole planned list (complete runs included), so every machine cuts the same shares."""
+    if spec is None:
+        return list(items)
+    i, n = parse_shard(spec)
+    return list(items)[i::n]
+
+
+def worker_threads() -> int:
+    """Host threads this process should use for its own thread pools (t-SNE, BLAS): the cores it
+    may run on (a grid worker's share; the whole machine otherwise)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:         # not Linux
+        return os.cpu_count() or 1
+
+
+def plan_slots(workers: int, *, gpus: Sequence[str] | None = None,
+               cpus: Sequence[int] | None = None) -> list[Slot]:
+    """The slot of each of ``workers`` processes. ``gpus``: the visible GPU ids (None or empty on a
+    CPU machine); ``cpus``: the cores this process may use (default: its affinity)."""
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {workers}")
+    cpus = sorted(os.sched_getaffinity(0)) if cpus is None else list(cpus)
+    slots = []
+    per = len(cpus) // workers
+    for i in range(workers):
+        share = tuple(cpus[i * per:(i + 1) * per]) if per else (cpus[i % len(cpus)],)
+        env = {k: str(len(share)) for k in _WORKER_THREADS_ENV}
+        if gpus:
+            env.update(CUDA_VISIBLE_DEVICES=gpus[i % len(gpus)], XLA_PYTHON_CLIENT_PREALLOCATE="false")
+        else:
+            flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+                     if not f.startswith("--xla_force_host_platform_device_count")]
+            env["XLA_FLAGS"] = " ".join(flags)
+        slots.append(Slot(i, env, share))
+    return slots
+
+
+def prepare(workers: int) -> None:
+    """Call first in a command that will run ``workers`` > 1 processes: on a GPU the parent then
+    does not preallocate the memory its workers need."""
+    if workers > 1:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids this process sees (CUDA_VISIBLE_DEVICES, else one per local GPU); [] on CPU.
+    Starts JAX's backend without preallocating GPU memory (the workers need it)."""
+    if os.environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu":
+        return []
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+    if jax.default_backend() != "gpu":
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return env.split(",") if env else [str(i) for i in range(jax.local_device_count())]
+
+
+def _start_worker(queue, init) -> None:
+    """Pool initializer: claims a slot, pins this process to it, then runs ``init(threads)``."""
+    global _limits
+    slot: Slot = queue.get()
+    os.environ.update(slot.env)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, slot.cpus)
+    import threadpoolctl
+    _limits = threadpoolctl.threadpool_limits(len(slot.cpus))
+    if init is not None:
+        init(len(slot.cpus))
+
+
+def run_tasks(tasks: Sequence[Task], workers: int = 1, *,
+              init: Callable[[int], None] | None = None, log: Callable[[str], None] = print) -> list:
+    """Runs every task, ``workers`` at a time (see the module docstring); returns their results in
+    task order. ``init(threads)`` runs once in each worker (e.g. to size a thread pool)."""
+    tasks = list(tasks)
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {workers}")
+    n = len(tasks)
+    if workers == 1 or n <= 1:
+        out = []
+        for i, t in enumerate(tasks):
+            log(f"[{i + 1}/{n}] {t.name}")
+            out.append(t.fn(*t.args))
+        return out
+    import concurrent.futures
+    import multiprocessing
+    workers = min(workers, n)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    for slot in plan_slots(workers, gpus=visible_gpus()):
+        queue.put(slot)
+    results: list = [None] * n
+    log(f"{n} runs on {workers} worker processes")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
+                                                initargs=(queue, init)) as pool:
+        futures = {pool.submit(t.fn, *t.args): i for i, t in enumerate(tasks)}
+        done = 0
+        for f in concurrent.futures.as_completed(futures):
+            i = futures[f]
+            try:
+                results[i] = f.result()
+            except BaseException:
+                log(f"{tasks[i].name}: failed; runs not started are cancelled, running ones finish")
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            done += 1
+            log(f"[{done}/{n}] {tasks[i].name}: done")
+    return results
