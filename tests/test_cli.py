@@ -291,3 +291,20 @@ def test_every_study_has_one_option_per_config_field_with_help(study):
         assert f.metadata.get("help"), (study, f.name)
     entry = next(s for s in STUDIES if s.module == study)
     assert entry.load() is mod and all(cli.MODEL_STUDY[m] == study for m in entry.models)
+
+
+@pytest.mark.parametrize("study", [s.module for s in __import__("aeclust_jax.studies",
+                                                                   fromlist=["STUDIES"]).STUDIES])
+def test_every_study_package_keeps_its_submodules_under_their_names(study):
+    """Each study is a package (config.py, recipe.py, report.py where it reproduces) whose star
+    imports re-export everything: an imported name ``config`` (say ``from aeclust_jax import
+    config``) would replace the package's ``config`` submodule, silently."""
+    import importlib
+    import pkgutil
+
+    mod = importlib.import_module(f"aeclust_jax.studies.{study}")
+    subs = {m.name for m in pkgutil.iter_modules(mod.__path__)}
+    assert {"config", "recipe"} <= subs, (study, subs)
+    for sub in subs:
+        assert getattr(mod, sub) is importlib.import_module(f"{mod.__name__}.{sub}"), (study, sub)
+    assert mod.train_main is mod.recipe.train_main
