@@ -129,6 +129,34 @@ def test_shuffle_false_keeps_the_stored_order():
     assert all(r["loss"] < float(v @ np.arange(n)) for r in shuffled.history)
 
 
+@pytest.mark.parametrize("scan_epoch", [False, True])
+def test_step_rngs_are_a_stream_apart_from_the_shuffle(scan_epoch):
+    """A step's loss rng is not one of the keys the epoch's permutation uses. With JAX's threefry,
+    split(k)[i] == fold_in(k, i), so the former fold_in(epoch_key, s) handed steps 0 and 1 the
+    shuffle's own keys; the rng is now fold_in(fold_in(epoch_key, 2^31 - 1), s)."""
+    key = jax.random.key(5)
+    assert (jax.random.key_data(jax.random.split(key)[1])
+            == jax.random.key_data(jax.random.fold_in(key, 1))).all()       # the collision
+    n = 8
+
+    def loss_fn(params, batch, rng):
+        u = jax.random.uniform(rng)
+        return 0 * params["b"].sum() + u, {"u": u}
+
+    state = train.create_train_state(None, None, None, train.make_optimizer("sgd", 0.1),
+                                     params={"b": jnp.zeros(())})
+    res = train.fit(state, {"v": np.zeros(n, np.float32)}, loss_fn, batch_size=n // 2, epochs=3,
+                    key=key, progress=False, scan_epoch=scan_epoch)
+    for e, rec in enumerate(res.history, 1):
+        ekey = jax.random.fold_in(key, e)
+        parent = jax.random.fold_in(ekey, 0x7FFFFFFF)
+        want = [float(jax.random.uniform(jax.random.fold_in(parent, s))) for s in (0, 1)]
+        assert rec["u"] == pytest.approx(np.mean(want), abs=1e-7)
+        shuffle = [float(jax.random.uniform(k)) for k in jax.random.split(ekey)]
+        assert not set(want) & set(shuffle)
+    assert len({r["u"] for r in res.history}) == 3
+
+
 def test_predict_pads_and_trims():
     model = Tiny()
     data = regression_data(n=45)

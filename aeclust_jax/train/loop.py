@@ -113,9 +113,10 @@ def fit(state, data: dict[str, np.ndarray], loss_fn: LossFn, *, batch_size: int,
         step_hook: Callable[[int, int], None] | None = None) -> FitResult:
     """Trains ``state`` on ``data`` (dict of host arrays with the same N) for ``epochs`` epochs.
 
-    Epoch ``e`` (1-based) shuffles with ``fold_in(key, e)``; step ``s`` of it gets the loss rng
-    ``fold_in(fold_in(key, e), s)``. So a run resumed from a checkpoint repeats exactly the keys
-    of an uninterrupted one (bitwise-equal params on CPU).
+    Epoch ``e`` (1-based) shuffles with ``permutation(fold_in(key, e))``; step ``s`` of it gets the
+    loss rng ``steps.step_rng(fold_in(key, e), s)`` (a stream of its own, apart from the shuffle's).
+    So a run resumed from a checkpoint repeats exactly the keys of an uninterrupted one
+    (bitwise-equal params on CPU).
     ``last_batch``: ``pad`` (default, like Keras: every row once per epoch, the last partial batch
     padded with masked rows, its loss the mean over its real rows) or ``drop``.
     ``eval_fn(state, epoch) -> dict`` runs every ``eval_every`` epochs and after the last one; its

@@ -75,11 +75,25 @@ def make_epoch_fn(n: int, batch_size: int, steps: int, mesh, shuffle: bool = Tru
     return jax.jit(epoch, out_shardings=(out_sh, out_sh))
 
 
+STEP_STREAM = 0x7FFFFFFF
+
+
+def step_rng(epoch_key, s):
+    """The loss rng of step ``s``: ``fold_in(fold_in(epoch_key, STEP_STREAM), s)``.
+
+    Not ``fold_in(epoch_key, s)``: the epoch's permutation draws from ``split(epoch_key)``, and
+    with JAX's (partitionable) threefry ``split(k)[i] == fold_in(k, i)``, so steps 0 and 1 would
+    reuse the shuffle's keys (step 1's noise correlated with the permutation). The permutation
+    keeps the epoch key, so a run whose loss takes no randomness has the same numbers either way.
+    """
+    return jax.random.fold_in(jax.random.fold_in(epoch_key, STEP_STREAM), s)
+
+
 def _step(loss_fn: LossFn, state, batched, mask, s, epoch_key):
-    """One optimizer step on row ``s`` of the epoch arrays, rng ``fold_in(epoch_key, s)``."""
+    """One optimizer step on row ``s`` of the epoch arrays, rng ``step_rng(epoch_key, s)``."""
     batch = {k: v[s] for k, v in batched.items()}
     batch["mask"] = mask[s]
-    rng = jax.random.fold_in(epoch_key, s)
+    rng = step_rng(epoch_key, s)
     if getattr(state, "batch_stats", None) is None:
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
         return state.apply_gradients(grads=grads), loss, aux
@@ -106,7 +120,7 @@ def make_train_step(loss_fn: LossFn, mesh):
     """Jitted ``(state, batched, mask, step_index, epoch_key) -> (state, loss, aux)``.
 
     The batch is row ``step_index`` of the epoch arrays; the step's rng is
-    ``fold_in(epoch_key, step_index)``. The incoming state is donated.
+    ``step_rng(epoch_key, step_index)``. The incoming state is donated.
     """
     def build():
         rep = replicated(mesh)
