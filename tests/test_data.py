@@ -514,7 +514,7 @@ def _class_images(rng, classes, per_class, shape=(12, 10, 3)):
     return files, arrays
 
 
-def test_image_folder_zip_with_split_folders_keeps_rgb_and_natural_order(tmp_path, rng):
+def test_image_folder_zip_with_split_folders_keeps_rgb_and_natural_order(tmp_path, rng, caplog):
     classes = ["10", "2", "1"]                    # natural order: 1, 2, 10
     train, arrays = _class_images(rng, classes, 3)
     test, _ = _class_images(rng, classes, 2)
@@ -529,6 +529,7 @@ def test_image_folder_zip_with_split_folders_keeps_rgb_and_natural_order(tmp_pat
     assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     np.testing.assert_array_equal(ds.images[3], arrays["2/0.png"])      # lossless, upright, RGB
     assert len(load("image_folder", "test", data_dir=tmp_path / "d", path=tmp_path / "imgs.zip")) == 6
+    assert not [r for r in caplog.records if "custom data configuration" in r.getMessage()]
 
 
 def test_image_folder_tar_labels_from_file_names_gray_resized(tmp_path, rng):

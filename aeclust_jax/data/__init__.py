@@ -92,7 +92,25 @@ def builder(name: str, *, data_dir=None, manual_dir=None, **options):
     if unknown:
         raise UnknownDatasetError(f"{name}: unknown option(s) {', '.join(unknown)}; "
                                   f"choices: {', '.join(allowed)}")
-    return cls(data_dir=data_dir or default_data_dir(), manual_dir=manual_dir, **options)
+    with _quiet_custom_config():
+        return cls(data_dir=data_dir or default_data_dir(), manual_dir=manual_dir, **options)
+
+
+@contextlib.contextmanager
+def _quiet_custom_config():
+    """Drops tfds' absl warning "Using custom data configuration: ..." (printed for every
+    ``image_folder`` load: its config is built from the options, as designed) inside the block."""
+    import logging
+
+    def keep(record) -> bool:
+        return not str(record.msg).startswith("Using custom data configuration")
+
+    log = logging.getLogger("absl")
+    log.addFilter(keep)
+    try:
+        yield
+    finally:
+        log.removeFilter(keep)
 
 
 def prepare(name: str, *, data_dir=None, manual_dir=None, progress: bool = False, **options):
