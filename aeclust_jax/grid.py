@@ -1,5 +1,5 @@
 """Independent runs of a reproduction (models x datasets x seeds) spread over worker processes,
-each pinned to one device: one GPU, or on a CPU-only machine an equal share of the cores.
+one device each (a GPU, or on a CPU-only machine one XLA host device).
 
     from aeclust_jax.grid import Task, run_tasks
     results = run_tasks([Task("mnist-cae-0", run_one, (cfg, run_dir)), ...], workers=2)
@@ -7,14 +7,19 @@ each pinned to one device: one GPU, or on a CPU-only machine an equal share of t
 ``workers=1`` runs the tasks one after another in this process. With ``workers=N`` each task runs
 in one of N spawned processes; worker ``i`` gets GPU ``i mod n_gpus`` (several workers may share a
 GPU: memory is then allocated as needed, not preallocated) or, on a CPU-only machine, one XLA host
-device; in both cases it runs on the cores ``cpus[i * c : (i + 1) * c]``, ``c = cores // N``
-(CPU affinity, so XLA's, BLAS' and openTSNE's thread pools stay on them: 12 GPU workers whose
-t-SNEs each used all 16 cores once made every t-SNE 60x slower). Results come back in task order.
+device. The host thread pools whose size does not change the numbers (BLAS, openTSNE) get
+``cores // N`` threads each (12 GPU workers whose t-SNEs each used all 16 cores once made every
+t-SNE 60x slower); XLA's own CPU pool keeps its size, because XLA:CPU's convolutions give other
+digits with another thread count (measured: a conv net's parameters after 30 Adam steps differ in
+the 8th digit on 1 core vs 2), and a run must give the same numbers in a worker as alone. On a
+CPU-only machine N workers therefore share the cores (N x cores XLA threads): the wall-time gain
+comes from the parts of a run that leave cores idle (Python dispatch, host-side evaluation).
+Results come back in task order.
 When a task fails, the tasks not started yet are cancelled, the running ones finish (their runs
 stay complete), and the error is raised with the worker's traceback.
 
 Why processes and not ``jax.distributed``: the runs share nothing, so a collective runtime has
-nothing to do; a run per process keeps each run's numbers those of a one-device run (tested), and
+nothing to do; a run per process keeps each run's numbers those of the run alone (tested), and
 a failure stays local. Across machines, ``--shard I/N`` runs the I-th of N equal shares of the
 planned runs (e.g. one Slurm array task each); the same command without ``--shard`` then trains
 only what is missing and gathers the table (docs/distributed.md).
@@ -45,17 +50,17 @@ class Task:
 
 @dataclasses.dataclass(frozen=True)
 class Slot:
-    """What worker ``index`` runs on: environment overrides and the CPUs it may use."""
+    """What worker ``index`` runs on: environment overrides and its host threads (BLAS, t-SNE)."""
     index: int
     env: dict
-    cpus: tuple[int, ...]
+    threads: int
 
 
 def add_options(p) -> None:
     """Adds ``--workers N`` and ``--shard I/N`` to a reproduce parser."""
     p.add_argument("--workers", type=int, default=1,
-                   help="runs trained at once, each in its own process on one device (a GPU, or an "
-                        "equal share of the CPU cores); runs that share an intermediate stay together")
+                   help="runs trained at once, each in its own process on one device (a GPU, or on "
+                        "CPU one host device); runs that share an intermediate stay together")
     p.add_argument("--shard", metavar="I/N",
                    help="train only the I-th (0-based) of N equal shares of the runs, write no table "
                         "(several machines, e.g. a Slurm array); gather by rerunning without it")
@@ -91,33 +96,34 @@ def shard(items: Sequence, spec: str | None) -> list:
 
 
 def worker_threads() -> int:
-    """Host threads this process should use for its own thread pools (t-SNE, BLAS): the cores it
-    may run on (a grid worker's share; the whole machine otherwise)."""
+    """Host threads this process should use for its own thread pools (t-SNE, BLAS): a grid
+    worker's share of the cores, else all of them."""
+    return int(os.environ.get("AECLUST_WORKER_THREADS") or 0) or _cores()
+
+
+def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:         # not Linux
         return os.cpu_count() or 1
 
 
-def plan_slots(workers: int, *, gpus: Sequence[str] | None = None,
-               cpus: Sequence[int] | None = None) -> list[Slot]:
+def plan_slots(workers: int, *, gpus: Sequence[str] | None = None, cores: int | None = None) -> list[Slot]:
     """The slot of each of ``workers`` processes. ``gpus``: the visible GPU ids (None or empty on a
-    CPU machine); ``cpus``: the cores this process may use (default: its affinity)."""
+    CPU machine); ``cores``: the cores this process may use (default: its affinity)."""
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
-    cpus = sorted(os.sched_getaffinity(0)) if cpus is None else list(cpus)
+    threads = max(1, (_cores() if cores is None else cores) // workers)
     slots = []
-    per = len(cpus) // workers
     for i in range(workers):
-        share = tuple(cpus[i * per:(i + 1) * per]) if per else (cpus[i % len(cpus)],)
-        env = {k: str(len(share)) for k in _WORKER_THREADS_ENV}
+        env = {k: str(threads) for k in _WORKER_THREADS_ENV + ("AECLUST_WORKER_THREADS",)}
         if gpus:
             env.update(CUDA_VISIBLE_DEVICES=gpus[i % len(gpus)], XLA_PYTHON_CLIENT_PREALLOCATE="false")
         else:
             flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
                      if not f.startswith("--xla_force_host_platform_device_count")]
             env["XLA_FLAGS"] = " ".join(flags)
-        slots.append(Slot(i, env, share))
+        slots.append(Slot(i, env, threads))
     return slots
 
 
@@ -142,16 +148,14 @@ def visible_gpus() -> list[str]:
 
 
 def _start_worker(queue, init) -> None:
-    """Pool initializer: claims a slot, pins this process to it, then runs ``init(threads)``."""
+    """Pool initializer: claims a slot, applies it, then runs ``init(threads)``."""
     global _limits
     slot: Slot = queue.get()
     os.environ.update(slot.env)
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, slot.cpus)
     import threadpoolctl
-    _limits = threadpoolctl.threadpool_limits(len(slot.cpus))
+    _limits = threadpoolctl.threadpool_limits(slot.threads)
     if init is not None:
-        init(len(slot.cpus))
+        init(slot.threads)
 
 
 def run_tasks(tasks: Sequence[Task], workers: int = 1, *,
