@@ -7,22 +7,23 @@ one device each (a GPU, or on a CPU-only machine one XLA host device).
 ``workers=1`` runs the tasks one after another in this process. With ``workers=N`` each task runs
 in one of N spawned processes; worker ``i`` gets GPU ``i mod n_gpus`` (several workers may share a
 GPU: memory is then allocated as needed, not preallocated) or, on a CPU-only machine, one XLA host
-device. The host thread pools whose size does not change the numbers (BLAS, openTSNE) get
-``cores // N`` threads each (12 GPU workers whose t-SNEs each used all 16 cores once made every
-t-SNE 60x slower); XLA's own CPU pool keeps its size, because XLA:CPU's convolutions give other
-digits with another thread count (measured: a conv net's parameters after 30 Adam steps differ in
-the 8th digit on 1 core vs 2), and a run must give the same numbers in a worker as alone. On a
-CPU-only machine N workers therefore share the cores (N x cores XLA threads): the wall-time gain
-comes from the parts of a run that leave cores idle (Python dispatch, host-side evaluation).
-Results come back in task order.
-When a task fails, the tasks not started yet are cancelled, the running ones finish (their runs
-stay complete), and the error is raised with the worker's traceback.
+device. Nothing else about a run changes, thread pools included, because their sizes change the
+digits: XLA:CPU's convolutions (a conv net's parameters after 30 Adam steps differ in the 8th digit
+on 1 core vs 2) and openTSNE (S1's t-SNE NMI 0.583 with 1 thread vs 0.593 with 2, same
+embedding input). So a run gives the same numbers in a worker as alone (tested), and on a CPU-only
+machine the N workers share the cores: the wall-time gain comes from what a single run leaves idle
+(Python dispatch, single-threaded host steps). With many workers on a many-core GPU machine, the
+host-side t-SNEs compete for the cores (12 workers x 16 threads made each t-SNE ~60x slower on the
+H100 machine): prefer tsnecuda there (``--tsne-backend``).
+Results come back in task order. When a task fails, the tasks not started yet are cancelled, the
+running ones finish (their runs stay complete), and the error is raised with the worker's
+traceback.
 
 Why processes and not ``jax.distributed``: the runs share nothing, so a collective runtime has
-nothing to do; a run per process keeps each run's numbers those of the run alone (tested), and
-a failure stays local. Across machines, ``--shard I/N`` runs the I-th of N equal shares of the
-planned runs (e.g. one Slurm array task each); the same command without ``--shard`` then trains
-only what is missing and gathers the table (docs/distributed.md).
+nothing to do; a run per process keeps each run's numbers those of the run alone, and a failure
+stays local. Across machines, ``--shard I/N`` runs the I-th of N equal shares of the planned runs
+(e.g. one Slurm array task each); the same command without ``--shard`` then trains only what is
+missing and gathers the table (docs/distributed.md).
 
     p = make_parser(...); grid.add_options(p)          # --workers N, --shard I/N
     groups = grid.shard(all_planned_groups, args.shard)  # before skipping complete runs
@@ -36,8 +37,6 @@ from typing import Any, Callable, Sequence
 
 from aeclust_jax.errors import UsageError
 
-_WORKER_THREADS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-_limits = None     # the worker's threadpoolctl limits (kept alive for the worker's lifetime)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +49,9 @@ class Task:
 
 @dataclasses.dataclass(frozen=True)
 class Slot:
-    """What worker ``index`` runs on: environment overrides and its host threads (BLAS, t-SNE)."""
+    """What worker ``index`` runs on: its environment overrides (which device)."""
     index: int
     env: dict
-    threads: int
 
 
 def add_options(p) -> None:
@@ -95,35 +93,20 @@ def shard(items: Sequence, spec: str | None) -> list:
     return list(items)[i::n]
 
 
-def worker_threads() -> int:
-    """Host threads this process should use for its own thread pools (t-SNE, BLAS): a grid
-    worker's share of the cores, else all of them."""
-    return int(os.environ.get("AECLUST_WORKER_THREADS") or 0) or _cores()
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:         # not Linux
-        return os.cpu_count() or 1
-
-
-def plan_slots(workers: int, *, gpus: Sequence[str] | None = None, cores: int | None = None) -> list[Slot]:
+def plan_slots(workers: int, *, gpus: Sequence[str] | None = None) -> list[Slot]:
     """The slot of each of ``workers`` processes. ``gpus``: the visible GPU ids (None or empty on a
-    CPU machine); ``cores``: the cores this process may use (default: its affinity)."""
+    CPU machine)."""
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
-    threads = max(1, (_cores() if cores is None else cores) // workers)
     slots = []
     for i in range(workers):
-        env = {k: str(threads) for k in _WORKER_THREADS_ENV + ("AECLUST_WORKER_THREADS",)}
         if gpus:
-            env.update(CUDA_VISIBLE_DEVICES=gpus[i % len(gpus)], XLA_PYTHON_CLIENT_PREALLOCATE="false")
+            env = {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
         else:
             flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
                      if not f.startswith("--xla_force_host_platform_device_count")]
-            env["XLA_FLAGS"] = " ".join(flags)
-        slots.append(Slot(i, env, threads))
+            env = {"XLA_FLAGS": " ".join(flags)}
+        slots.append(Slot(i, env))
     return slots
 
 
@@ -147,21 +130,16 @@ def visible_gpus() -> list[str]:
     return env.split(",") if env else [str(i) for i in range(jax.local_device_count())]
 
 
-def _start_worker(queue, init) -> None:
-    """Pool initializer: claims a slot, applies it, then runs ``init(threads)``."""
-    global _limits
+def _start_worker(queue) -> None:
+    """Pool initializer: claims a slot and applies it (before JAX starts in this process)."""
     slot: Slot = queue.get()
     os.environ.update(slot.env)
-    import threadpoolctl
-    _limits = threadpoolctl.threadpool_limits(slot.threads)
-    if init is not None:
-        init(slot.threads)
 
 
 def run_tasks(tasks: Sequence[Task], workers: int = 1, *,
-              init: Callable[[int], None] | None = None, log: Callable[[str], None] = print) -> list:
+              log: Callable[[str], None] = print) -> list:
     """Runs every task, ``workers`` at a time (see the module docstring); returns their results in
-    task order. ``init(threads)`` runs once in each worker (e.g. to size a thread pool)."""
+    task order."""
     tasks = list(tasks)
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
@@ -182,7 +160,7 @@ def run_tasks(tasks: Sequence[Task], workers: int = 1, *,
     results: list = [None] * n
     log(f"{n} runs on {workers} worker processes")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
-                                                initargs=(queue, init)) as pool:
+                                                initargs=(queue,)) as pool:
         futures = {pool.submit(t.fn, *t.args): i for i, t in enumerate(tasks)}
         done = 0
         for f in concurrent.futures.as_completed(futures):

@@ -83,19 +83,10 @@ def encode(model, params, images: np.ndarray, *, batch_size: int, mesh) -> dict[
     return train.predict(fn, params, {"image": images}, batch_size=batch_size, mesh=mesh)
 
 
-_TSNE_JOBS = -1     # host threads of openTSNE; a reproduce worker gets its share of the cores
-
-
-def _set_tsne_jobs(n: int) -> None:
-    """openTSNE's host threads in this process (a reproduce worker's share of the cores)."""
-    global _TSNE_JOBS
-    _TSNE_JOBS = n
-
-
 def _tsne(x: np.ndarray, cfg: S1Config) -> np.ndarray:
     from aeclust_jax.cluster import tsne
     return np.asarray(tsne(np.asarray(x, np.float32), n_components=2, perplexity=30.0, seed=cfg.seed,
-                           backend=cfg.tsne_backend, n_iter=cfg.tsne_iter, n_jobs=_TSNE_JOBS))
+                           backend=cfg.tsne_backend, n_iter=cfg.tsne_iter, n_jobs=-1))
 
 
 def kmeans_labels(features: np.ndarray, k: int, *, seed: int, n_init: int) -> np.ndarray:

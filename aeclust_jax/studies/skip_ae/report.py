@@ -19,7 +19,7 @@ from aeclust_jax.cli import make_parser, prog_name
 from aeclust_jax.config import load_config, parse_key_values
 from aeclust_jax.errors import UsageError
 from aeclust_jax.studies.skip_ae.config import CONFIG_DIR, DATASETS, MODELS, S1Config
-from aeclust_jax.studies.skip_ae.recipe import _set_tsne_jobs, plot_feature_maps, run
+from aeclust_jax.studies.skip_ae.recipe import plot_feature_maps, run
 
 # ----------------------------------------------------------------------------- reproduce
 
@@ -114,7 +114,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
         else:
             todo.append((cfg, run_dir))
     grid.run_tasks([Task(str(run_dir), _run_job, (cfg, run_dir)) for cfg, run_dir in todo],
-                   a.workers, init=_set_tsne_jobs)
+                   a.workers)
     if a.shard is not None:
         print(f"shard {a.shard}: done; run the command without --shard to gather the table")
         return 0
