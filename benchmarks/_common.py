@@ -31,6 +31,25 @@ def require_peers(*modules: str) -> None:
             raise SystemExit(2) from None
 
 
+def optional_peers(*modules: str) -> dict[str, Any]:
+    """Imports the optional peers of a benchmark (scikit-learn-intelex, faiss, ott-jax): name ->
+    module, or None when it is not installed; each missing one is one stderr line and the
+    benchmark reports it as missing instead of timing it."""
+    found = {}
+    for name in modules:
+        try:
+            found[name] = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "benchmark"
+            print(f"note: {script}: optional peer {name!r} is not installed ({e.name}); reported "
+                  f"as missing ({BENCH_EXTRA})", file=sys.stderr)
+            found[name] = None
+    return found
+
+
+MISSING = "missing"
+
+
 def block(x: Any) -> Any:
     """Waits for every jax array in x (numpy results pass through)."""
     return jax.block_until_ready(x)

@@ -1,15 +1,21 @@
 #!/usr/bin/env python
-"""K-means benchmark: aeclust_jax.cluster.kmeans vs scikit-learn KMeans(algorithm="lloyd") and
-faiss-cpu Kmeans, same data, same process, k=10, n_init=10, max_iter=300, tol=1e-4.
+"""K-means benchmark: aeclust_jax.cluster.kmeans vs scikit-learn KMeans(algorithm="lloyd"),
+scikit-learn-intelex (oneDAL) KMeans, faiss-cpu Kmeans and ott-jax's k_means, same data, same
+process, k=10, n_init=10, max_iter=300, tol=1e-4.
 
-    python benchmarks/bench_kmeans.py [--case small|mnist|both] [--repeat 3] [--no-faiss]
+    python benchmarks/bench_kmeans.py [--case small|mnist|both] [--repeat 3] [--skip faiss ott ...]
 
 Cases: "small" = 10000 x 30 (S1-latent sized: 10 Gaussian blobs, overlapping); "mnist" = 70000 x
 784 MNIST pixels (train + test from $AECLUST_MANUAL_DIR, else uniform random of that shape).
-faiss runs its own Lloyd (10 restarts, 300 iterations, no tolerance, full data: its default
-subsampling to 256 points per centroid is switched off so that all three fit the same problem).
-Ours is also timed with the restarts batched by vmap (the design alternative; see
-docs/cluster.md). Warm timings (best of --repeat); compile time apart. Last line: JSON.
+Peers: scikit-learn (required; default threads and pinned to one thread), and, when installed
+(the bench extra), sklearnex (``sklearnex.cluster.KMeans`` imported directly: sklearn itself is
+not patched), faiss (its own Lloyd: 10 restarts, 300 iterations, no tolerance, full data: its
+subsampling to 256 points per centroid is off) and ott-jax (``ott.tools.k_means.k_means``,
+jitted, k-means++, same n_init / tol / max_iter). A peer that is not installed is reported as
+"missing", one skipped by --skip as "skipped". Each peer's inertia is reported; equal quality =
+within 0.5% of scikit-learn's. Ours is also timed with ``fused=True`` (all restarts in one loop,
+the design alternative; see docs/cluster.md). Warm timings (best of --repeat; mnist: 1), compile
+time apart. Last line: JSON with speedup_vs_<peer> = peer time / our time.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import best_of, emit, first_call, machine, mnist_pixels, require_peers  # noqa: E402
+from _common import (MISSING, best_of, emit, first_call, machine, mnist_pixels,  # noqa: E402
+                     optional_peers, require_peers)
 
-from aeclust_jax.cluster import _kmeans as K  # noqa: E402
 from aeclust_jax.cluster import kmeans  # noqa: E402
 
 K_CLUSTERS, N_INIT, MAX_ITER, TOL = 10, 10, 300, 1e-4
+OPTIONAL = ("sklearnex", "faiss", "ott")
 
 
 def data(case: str) -> tuple[np.ndarray, str]:
@@ -41,19 +48,47 @@ def data(case: str) -> tuple[np.ndarray, str]:
     return np.random.default_rng(0).random((70000, 784), np.float32), "uniform random 70000x784"
 
 
-def ours_vmap(x, key):
-    """The alternative: all restarts in one vmapped while_loop (runs as long as the slowest)."""
-    xc = x - x.mean(0)
-    x_sq = (xc * xc).sum(1)
-    tol = float(np.var(x, 0).mean() * TOL)
-    block = K._block_rows(x.shape[0], K_CLUSTERS)
-    run = jax.jit(jax.vmap(lambda k: K._single.__wrapped__(xc, x_sq, tol, k, K_CLUSTERS, MAX_ITER,
-                                                          "k-means++", block)))
-    keys = jax.random.split(key, N_INIT)
-    return lambda: run(keys)
+def peer_runs(x: np.ndarray, peers: dict) -> dict:
+    """name -> a function returning (inertia, n_iter or None) for each available peer."""
+    from sklearn.cluster import KMeans
+
+    def sk():
+        m = KMeans(K_CLUSTERS, n_init=N_INIT, max_iter=MAX_ITER, tol=TOL, algorithm="lloyd",
+                   random_state=0).fit(x)
+        return m.inertia_, m.n_iter_
+    runs = {"sklearn": sk}
+    if peers.get("sklearnex"):
+        from sklearnex.cluster import KMeans as XKMeans
+
+        def skx():
+            m = XKMeans(K_CLUSTERS, n_init=N_INIT, max_iter=MAX_ITER, tol=TOL, algorithm="lloyd",
+                        random_state=0).fit(x)
+            return m.inertia_, m.n_iter_
+        runs["sklearnex"] = skx
+    if peers.get("faiss"):
+        faiss = peers["faiss"]
+
+        def fa():
+            km = faiss.Kmeans(x.shape[1], K_CLUSTERS, niter=MAX_ITER, nredo=N_INIT, seed=0,
+                              max_points_per_centroid=x.shape[0])
+            km.train(x)
+            d, _ = km.index.search(x, 1)
+            return float(d.sum()), MAX_ITER
+        runs["faiss"] = fa
+    if peers.get("ott"):
+        from ott.tools.k_means import k_means
+        run = jax.jit(lambda a, rng: k_means(a, K_CLUSTERS, n_init=N_INIT, tol=TOL,
+                                             max_iterations=MAX_ITER, rng=rng))
+        xj = jax.numpy.asarray(x)
+
+        def ot():
+            o = jax.block_until_ready(run(xj, jax.random.key(0)))
+            return float(o.error), int(o.iteration)
+        runs["ott"] = ot
+    return runs
 
 
-def bench(case: str, repeat: int, faiss_peer: bool = True) -> dict:
+def bench(case: str, repeat: int, peers: dict, skip: tuple[str, ...]) -> dict:
     x, desc = data(case)
     key = jax.random.key(0)
     out = {"data": desc}
@@ -61,42 +96,44 @@ def bench(case: str, repeat: int, faiss_peer: bool = True) -> dict:
     ours = lambda: kmeans(x, K_CLUSTERS, key=key, n_init=N_INIT, max_iter=MAX_ITER, tol=TOL)  # noqa: E731
     out["ours_first_call_s"], _ = first_call(ours)
     out["ours_s"], r = best_of(ours, repeat)
-    out["ours_inertia"] = float(r.inertia)
+    out["ours_inertia"], out["ours_n_iter_best"] = float(r.inertia), int(r.n_iter)
 
-    vm = ours_vmap(jax.numpy.asarray(x), key)
-    first, _ = first_call(vm)
-    out["ours_vmap_s"], rv = best_of(vm, 1)
-    out["ours_vmap_inertia"] = float(rv.inertia.min())
+    fused = lambda: kmeans(x, K_CLUSTERS, key=key, n_init=N_INIT, max_iter=MAX_ITER, tol=TOL,  # noqa: E731
+                           fused=True)
+    out["ours_fused_first_call_s"], _ = first_call(fused)
+    out["ours_fused_s"], rf = best_of(fused, repeat)
+    out["ours_fused_inertia"] = float(rf.inertia)
+    out["load_avg_1m_after_ours"] = machine()["load_avg_1m"]
 
-    from sklearn.cluster import KMeans
-    sk = lambda: KMeans(K_CLUSTERS, n_init=N_INIT, max_iter=MAX_ITER, tol=TOL, algorithm="lloyd",  # noqa: E731
-                        random_state=0).fit(x)
-    out["sklearn_s"], m = best_of(sk, repeat)
-    out["sklearn_inertia"] = float(m.inertia_)
-    # sklearn's OpenMP threads suffer badly from oversubscription on a loaded machine; one
-    # thread is the fairer peer there (both figures reported).
-    from threadpoolctl import threadpool_limits
-    with threadpool_limits(1):
-        out["sklearn_1thread_s"], _ = best_of(sk, repeat)
+    runs = peer_runs(x, peers)
+    for name in ("sklearn",) + OPTIONAL:
+        if name in skip:
+            out[f"{name}_s"] = "skipped"
+            continue
+        if name not in runs:
+            out[f"{name}_s"] = MISSING
+            continue
+        if name == "ott":   # compile apart
+            out["ott_first_call_s"], _ = first_call(runs[name])
+        out[f"{name}_s"], (inertia, n_iter) = best_of(runs[name], repeat)
+        out[f"{name}_inertia"], out[f"{name}_n_iter"] = float(inertia), n_iter
+        out[f"load_avg_1m_after_{name}"] = machine()["load_avg_1m"]
+        if name == "sklearn":
+            # sklearn's OpenMP threads suffer from oversubscription on a loaded machine; one
+            # thread is the other fair figure there (both reported).
+            from threadpoolctl import threadpool_limits
+            with threadpool_limits(1):
+                out["sklearn_1thread_s"], _ = best_of(runs[name], repeat)
 
-    out["faiss_s"] = None
-    if faiss_peer:
-        import faiss
-
-        def fa():
-            km = faiss.Kmeans(x.shape[1], K_CLUSTERS, niter=MAX_ITER, nredo=N_INIT, seed=0,
-                              max_points_per_centroid=x.shape[0])
-            km.train(x)
-            d, _ = km.index.search(x, 1)
-            return float(d.sum())
-        out["faiss_s"], out["faiss_inertia"] = best_of(fa, repeat)
-
-    out["speedup_vs_sklearn"] = out["sklearn_s"] / out["ours_s"]
-    out["speedup_vs_sklearn_1thread"] = out["sklearn_1thread_s"] / out["ours_s"]
-    out["speedup_vs_faiss"] = out["faiss_s"] / out["ours_s"] if out.get("faiss_s") else None
+    for name in ("sklearn", "sklearn_1thread") + OPTIONAL:
+        t = out.get(f"{name}_s")
+        out[f"speedup_vs_{name}"] = t / out["ours_s"] if isinstance(t, float) else None
+    for name in OPTIONAL:
+        if isinstance(out.get(f"{name}_inertia"), float):
+            out[f"{name}_inertia_rel_diff_vs_sklearn"] = out[f"{name}_inertia"] / out["sklearn_inertia"] - 1
     out["inertia_rel_diff_vs_sklearn"] = out["ours_inertia"] / out["sklearn_inertia"] - 1
-    if out.get("faiss_s"):
-        out["inertia_rel_diff_vs_faiss"] = out["ours_inertia"] / out["faiss_inertia"] - 1
+    out["fused_inertia_rel_diff_vs_sklearn"] = out["ours_fused_inertia"] / out["sklearn_inertia"] - 1
+    out["speedup_fused_vs_sequential"] = out["ours_s"] / out["ours_fused_s"]
     return out
 
 
@@ -105,17 +142,23 @@ def main(argv=None):
                                 description=__doc__.splitlines()[0])
     p.add_argument("--case", choices=("small", "mnist", "both"), default="both")
     p.add_argument("--repeat", type=int, default=3, help="warm runs, best taken (mnist uses 1)")
-    p.add_argument("--no-faiss", action="store_true", help="skip the faiss-cpu peer")
+    p.add_argument("--skip", nargs="*", default=[], choices=OPTIONAL,
+                   help="optional peers not to time (reported as skipped)")
+    p.add_argument("--no-faiss", action="store_true", help="same as --skip faiss")
     a = p.parse_args(argv)
-    require_peers("sklearn", "threadpoolctl", *(() if a.no_faiss else ("faiss",)))
+    require_peers("sklearn", "threadpoolctl")
+    skip = tuple(a.skip) + (("faiss",) if a.no_faiss else ())
+    peers = optional_peers(*(n for n in OPTIONAL if n not in skip))
     cases = ["small", "mnist"] if a.case == "both" else [a.case]
     res = {"benchmark": "kmeans", "k": K_CLUSTERS, "n_init": N_INIT, "max_iter": MAX_ITER,
            "tol": TOL, "machine": machine()}
     for c in cases:
-        res[c] = bench(c, a.repeat if c == "small" else 1, faiss_peer=not a.no_faiss)
+        res[c] = bench(c, a.repeat if c == "small" else 1, peers, skip)
         print(c, res[c], flush=True)
     res["speedup"] = min(res[c]["speedup_vs_sklearn"] for c in cases)
-    res["speedup_vs_sklearn_1thread"] = min(res[c]["speedup_vs_sklearn_1thread"] for c in cases)
+    for name in ("sklearn_1thread",) + OPTIONAL:
+        v = [res[c][f"speedup_vs_{name}"] for c in cases]
+        res[f"speedup_vs_{name}"] = min(v) if all(isinstance(u, float) for u in v) else None
     res["machine"]["load_avg_1m_end"] = machine()["load_avg_1m"]
     emit(res)
 

@@ -254,3 +254,96 @@ def test_grid_search_over_n_clusters():
     np.testing.assert_allclose(ours.cv_results_["mean_test_score"], sk.cv_results_["mean_test_score"],
                                rtol=5e-3)
     assert ours.best_params_ == sk.best_params_ == {"n_clusters": 4}   # -inertia grows with k
+
+
+# ----------------------------------------------------------------------------- fused restarts
+
+def _fused_quality(x, n_clusters, n_init=3, init="k-means++"):
+    """fused=True against scikit-learn's best of the same n_init (inertia within 0.5%), its
+    inertia recomputed from labels and centres, and the same restarts as the sequential path."""
+    r = kmeans(x, n_clusters, key=jax.random.key(0), n_init=n_init, init=init, fused=True)
+    sk = SKKMeans(n_clusters, n_init=n_init, init=init, random_state=0, algorithm="lloyd").fit(
+        np.asarray(x, np.float64))
+    assert float(r.inertia) <= sk.inertia_ * 1.005 + 1e-6, (float(r.inertia), sk.inertia_)
+    x64 = np.asarray(x, np.float64)
+    exact = np.sum((x64 - np.asarray(r.centers, np.float64)[np.asarray(r.labels)]) ** 2)
+    assert float(r.inertia) == pytest.approx(exact, rel=1e-3, abs=1e-6)
+    seq = kmeans(x, n_clusters, key=jax.random.key(0), n_init=n_init, init=init)
+    assert float(r.inertia) == pytest.approx(float(seq.inertia), rel=1e-5, abs=1e-6)
+    return r, sk
+
+
+@pytest.mark.parametrize("init, n_init", [("k-means++", 3), ("random", 10)])  # random: more local minima
+def test_fused_blobs_match_sklearn(init, n_init):
+    x, y = make_blobs(3000, n_features=10, centers=6, cluster_std=2.0, random_state=0)
+    r, _ = _fused_quality(x.astype(np.float32), 6, n_init=n_init, init=init)
+    assert adjusted_rand_score(y, np.asarray(r.labels)) > 0.99
+
+
+def test_fused_random_data_and_n_iter():
+    # random data: restarts stop after different numbers of iterations (the buckets shrink)
+    x = np.random.default_rng(0).normal(size=(1500, 6)).astype(np.float32)
+    r, sk = _fused_quality(x, 7, n_init=5)
+    assert 1 <= int(r.n_iter) <= 300
+
+
+def test_fused_duplicates_constant_and_ties():
+    # 3 distinct points, k = 5: empty clusters re-seeded in the batched step; inertia 0 as sklearn
+    x = np.repeat(np.eye(3, dtype=np.float32), 5, axis=0)
+    r, sk = _fused_quality(x, 5)
+    assert float(r.inertia) == 0.0 and sk.inertia_ < 1e-12 and np.all(np.isfinite(r.centers))
+    assert len(np.unique(np.asarray(r.labels))) == 3
+    # constant input: every restart puts all points on one centre
+    c = np.full((40, 3), 2.5, np.float32)
+    r, sk = _fused_quality(c, 3)
+    assert float(r.inertia) == 0.0 and sk.inertia_ < 1e-12
+    np.testing.assert_allclose(np.asarray(r.centers), 2.5)
+    # a square grid: many points at equal distance from two centres (argmin ties, first wins)
+    g = np.stack(np.meshgrid(np.arange(6.0), np.arange(6.0)), -1).reshape(-1, 2).astype(np.float32)
+    _fused_quality(g, 4, n_init=4)
+
+
+def test_fused_under_jit():
+    x = np.random.default_rng(5).normal(size=(300, 3)).astype(np.float32)
+    eager = kmeans(x, 3, key=0, n_init=2, fused=True)
+    jitted = jax.jit(lambda a: kmeans(a, 3, key=0, n_init=2, fused=True).inertia)(x)
+    np.testing.assert_allclose(jitted, eager.inertia, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- changed-rows sums
+
+@pytest.fixture
+def delta_sums_on(monkeypatch):
+    """The changed-rows centre update (on from 2^22 entries of x) switched on for small inputs."""
+    from aeclust_jax.cluster import _kmeans as K
+    monkeypatch.setattr(K, "_DELTA_MIN_ENTRIES", 0)
+    assert K._delta_cap(100, 2) == 12
+
+
+def test_delta_sums_match_sklearn(delta_sums_on):
+    x, y = make_blobs(3000, n_features=10, centers=6, cluster_std=2.0, random_state=0)
+    r = check_quality(x.astype(np.float32), 6)
+    assert adjusted_rand_score(y, np.asarray(r.labels)) > 0.99
+    check_quality(np.random.default_rng(0).normal(size=(1500, 6)).astype(np.float32), 7)
+
+
+def test_delta_sums_duplicates_constant_ties(delta_sums_on):
+    x = np.repeat(np.eye(3, dtype=np.float32), 5, axis=0)           # k > distinct points
+    r = kmeans(x, 5, key=0, n_init=2)
+    assert float(r.inertia) == 0.0 and np.all(np.isfinite(r.centers))
+    r = kmeans(np.full((40, 3), 2.5, np.float32), 3, key=0, n_init=2)   # constant input
+    assert float(r.inertia) == 0.0
+    g = np.stack(np.meshgrid(np.arange(6.0), np.arange(6.0)), -1).reshape(-1, 2).astype(np.float32)
+    check_quality(g, 4, n_init=4)                                     # distance ties
+
+
+@pytest.mark.parametrize("max_iter", [2, 300])
+def test_delta_sums_empty_clusters_like_sklearn(delta_sums_on, max_iter):
+    """Relocation on top of the changed-rows sums: sklearn's centres and labels (float64)."""
+    x = _blobs3()
+    init = np.array([[0.0, 0.0], [100.0, 100.0], [-100.0, 50.0], [200.0, -30.0], [10.0, 0.0]])
+    sk = SKKMeans(len(init), init=init, n_init=1, max_iter=max_iter, algorithm="lloyd").fit(x)
+    with jax.enable_x64(True):
+        r = kmeans(x, len(init), key=0, init=init, max_iter=max_iter)
+        np.testing.assert_allclose(np.asarray(r.centers), sk.cluster_centers_, rtol=0, atol=1e-10)
+        np.testing.assert_array_equal(np.asarray(r.labels), sk.labels_)
