@@ -38,7 +38,6 @@ from typing import Any, Callable, Sequence
 from aeclust_jax.errors import UsageError
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Task:
     """One independent run: ``fn(*args)`` with a top-level (picklable) ``fn``; ``name`` is printed."""
