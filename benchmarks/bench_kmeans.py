@@ -13,8 +13,7 @@ not patched), faiss (its own Lloyd: 10 restarts, 300 iterations, no tolerance, f
 subsampling to 256 points per centroid is off) and ott-jax (``ott.tools.k_means.k_means``,
 jitted, k-means++, same n_init / tol / max_iter). A peer that is not installed is reported as
 "missing", one skipped by --skip as "skipped". Each peer's inertia is reported; equal quality =
-within 0.5% of scikit-learn's. Ours is also timed with ``fused=True`` (all restarts in one loop,
-the design alternative; see docs/cluster.md). Warm timings (best of --repeat; mnist: 1), compile
+within 0.5% of scikit-learn's. Warm timings (best of --repeat; mnist: 1), compile
 time apart. Last line: JSON with speedup_vs_<peer> = peer time / our time.
 """
 
@@ -98,11 +97,6 @@ def bench(case: str, repeat: int, peers: dict, skip: tuple[str, ...]) -> dict:
     out["ours_s"], r = best_of(ours, repeat)
     out["ours_inertia"], out["ours_n_iter_best"] = float(r.inertia), int(r.n_iter)
 
-    fused = lambda: kmeans(x, K_CLUSTERS, key=key, n_init=N_INIT, max_iter=MAX_ITER, tol=TOL,  # noqa: E731
-                           fused=True)
-    out["ours_fused_first_call_s"], _ = first_call(fused)
-    out["ours_fused_s"], rf = best_of(fused, repeat)
-    out["ours_fused_inertia"] = float(rf.inertia)
     out["load_avg_1m_after_ours"] = machine()["load_avg_1m"]
 
     runs = peer_runs(x, peers)
@@ -132,8 +126,6 @@ def bench(case: str, repeat: int, peers: dict, skip: tuple[str, ...]) -> dict:
         if isinstance(out.get(f"{name}_inertia"), float):
             out[f"{name}_inertia_rel_diff_vs_sklearn"] = out[f"{name}_inertia"] / out["sklearn_inertia"] - 1
     out["inertia_rel_diff_vs_sklearn"] = out["ours_inertia"] / out["sklearn_inertia"] - 1
-    out["fused_inertia_rel_diff_vs_sklearn"] = out["ours_fused_inertia"] / out["sklearn_inertia"] - 1
-    out["speedup_fused_vs_sequential"] = out["ours_s"] / out["ours_fused_s"]
     return out
 
 

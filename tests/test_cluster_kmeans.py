@@ -256,60 +256,6 @@ def test_grid_search_over_n_clusters():
     assert ours.best_params_ == sk.best_params_ == {"n_clusters": 4}   # -inertia grows with k
 
 
-# ----------------------------------------------------------------------------- fused restarts
-
-def _fused_quality(x, n_clusters, n_init=3, init="k-means++"):
-    """fused=True against scikit-learn's best of the same n_init (inertia within 0.5%), its
-    inertia recomputed from labels and centres, and the same restarts as the sequential path."""
-    r = kmeans(x, n_clusters, key=jax.random.key(0), n_init=n_init, init=init, fused=True)
-    sk = SKKMeans(n_clusters, n_init=n_init, init=init, random_state=0, algorithm="lloyd").fit(
-        np.asarray(x, np.float64))
-    assert float(r.inertia) <= sk.inertia_ * 1.005 + 1e-6, (float(r.inertia), sk.inertia_)
-    x64 = np.asarray(x, np.float64)
-    exact = np.sum((x64 - np.asarray(r.centers, np.float64)[np.asarray(r.labels)]) ** 2)
-    assert float(r.inertia) == pytest.approx(exact, rel=1e-3, abs=1e-6)
-    seq = kmeans(x, n_clusters, key=jax.random.key(0), n_init=n_init, init=init)
-    assert float(r.inertia) == pytest.approx(float(seq.inertia), rel=1e-5, abs=1e-6)
-    return r, sk
-
-
-@pytest.mark.parametrize("init, n_init", [("k-means++", 3), ("random", 10)])  # random: more local minima
-def test_fused_blobs_match_sklearn(init, n_init):
-    x, y = make_blobs(3000, n_features=10, centers=6, cluster_std=2.0, random_state=0)
-    r, _ = _fused_quality(x.astype(np.float32), 6, n_init=n_init, init=init)
-    assert adjusted_rand_score(y, np.asarray(r.labels)) > 0.99
-
-
-def test_fused_random_data_and_n_iter():
-    # random data: restarts stop after different numbers of iterations (the buckets shrink)
-    x = np.random.default_rng(0).normal(size=(1500, 6)).astype(np.float32)
-    r, sk = _fused_quality(x, 7, n_init=5)
-    assert 1 <= int(r.n_iter) <= 300
-
-
-def test_fused_duplicates_constant_and_ties():
-    # 3 distinct points, k = 5: empty clusters re-seeded in the batched step; inertia 0 as sklearn
-    x = np.repeat(np.eye(3, dtype=np.float32), 5, axis=0)
-    r, sk = _fused_quality(x, 5)
-    assert float(r.inertia) == 0.0 and sk.inertia_ < 1e-12 and np.all(np.isfinite(r.centers))
-    assert len(np.unique(np.asarray(r.labels))) == 3
-    # constant input: every restart puts all points on one centre
-    c = np.full((40, 3), 2.5, np.float32)
-    r, sk = _fused_quality(c, 3)
-    assert float(r.inertia) == 0.0 and sk.inertia_ < 1e-12
-    np.testing.assert_allclose(np.asarray(r.centers), 2.5)
-    # a square grid: many points at equal distance from two centres (argmin ties, first wins)
-    g = np.stack(np.meshgrid(np.arange(6.0), np.arange(6.0)), -1).reshape(-1, 2).astype(np.float32)
-    _fused_quality(g, 4, n_init=4)
-
-
-def test_fused_under_jit():
-    x = np.random.default_rng(5).normal(size=(300, 3)).astype(np.float32)
-    eager = kmeans(x, 3, key=0, n_init=2, fused=True)
-    jitted = jax.jit(lambda a: kmeans(a, 3, key=0, n_init=2, fused=True).inertia)(x)
-    np.testing.assert_allclose(jitted, eager.inertia, rtol=1e-5)
-
-
 # ----------------------------------------------------------------------------- changed-rows sums
 
 @pytest.fixture

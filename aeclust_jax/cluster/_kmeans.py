@@ -11,8 +11,7 @@ Distances use the matmul form ||x||^2 - 2 x.c + ||c||^2; when N x k is large the
 runs over row blocks (``lax.map``) so memory stays O(block x k). Restarts run one after another
 (a jitted restart each): measured on a 2-core CPU this beat ``vmap`` over restarts, whose batched
 ``while_loop`` runs every restart for as many iterations as the slowest one (see docs/cluster.md).
-On large inputs the centre sums are updated from the rows whose label changed (``_delta_sums``);
-``kmeans(..., fused=True)`` runs all restarts in one loop (``_fused``), measured no faster here.
+On large inputs the centre sums are updated from the rows whose label changed (``_delta_sums``).
 """
 
 from __future__ import annotations
@@ -223,74 +222,6 @@ def _single(x, x_sq, tol, key, n_clusters: int, max_iter: int, init: str, block,
     return KMeansResult(labels, c, inertia, n_iter)
 
 
-def _buckets(n_init: int) -> tuple[int, ...]:
-    """Static batch sizes of the fused Lloyd step: powers of two below n_init, then n_init."""
-    b, out = 1, []
-    while b < n_init:
-        out.append(b)
-        b *= 2
-    return tuple(out) + (n_init,)
-
-
-def _lloyd_batch(x, x_sq, c, n_clusters: int):
-    """One Lloyd step of b restarts in two GEMMs over x: c (b, k, D) -> labels (b, N), new (b, k, D).
-
-    Distances to all b * k centres in one matmul, the centre sums as a one-hot matmul
-    (one_hot(labels).T @ x); empty clusters re-seeded per restart as in ``_update``."""
-    d = (x_sq[None, :, None] - 2.0 * jnp.einsum("nd,bkd->bnk", x, c)
-         + jnp.sum(c * c, axis=2)[:, None, :])
-    labels = jnp.argmin(d, axis=2).astype(jnp.int32)                       # (b, N)
-    onehot = (labels[:, :, None] == jnp.arange(n_clusters)).astype(x.dtype)  # (b, N, k)
-    sums = jnp.einsum("bnk,nd->bkd", onehot, x)
-    counts = jnp.sum(onehot, axis=1)                                         # (b, k)
-    if n_clusters > 1:
-        reloc = jax.vmap(_relocate, in_axes=(None, 0, 0, 0, 0))
-        sums, counts = jax.lax.cond(jnp.any(counts == 0),
-                                    lambda s, n: reloc(x, labels, c, s, n),
-                                    lambda s, n: (s, n), sums, counts)
-    means = sums / jnp.where(counts > 0, counts, 1)[..., None]
-    largest = jnp.take_along_axis(means, jnp.argmax(counts, axis=1)[:, None, None], axis=1)
-    return labels, jnp.where((counts > 0)[..., None], means, largest)
-
-
-@functools.partial(jax.jit, static_argnames=("n_clusters", "n_init", "max_iter", "init"))
-def _fused(x, x_sq, tol, key, n_clusters: int, n_init: int, max_iter: int, init: str):
-    """All n_init restarts of ``_single`` in one loop, each pass over x serving every live restart.
-
-    Same iterations as the sequential restarts (each stops on its own test and is frozen after);
-    per step the live restarts are gathered to the front and only the smallest static batch
-    (``_buckets``) that holds them is computed, so the work follows the live restarts instead of
-    running all of them as long as the slowest (which a plain ``vmap`` of ``_single`` does)."""
-    c0 = _init_all(x, x_sq, jax.random.split(key, n_init), n_clusters, init, None)
-    sizes = _buckets(n_init)
-
-    def step(b, s):
-        c, labels, done, n_iter = s
-        idx = jnp.argsort(done, stable=True)[:b]        # live restarts first (distinct indices)
-        live = ~done[idx]
-        cb, old = c[idx], labels[idx]
-        lab, new = _lloyd_batch(x, x_sq, cb, n_clusters)
-        stop = jnp.all(lab == old, axis=1) | (jnp.sum(jnp.square(new - cb), axis=(1, 2)) <= tol)
-        c = c.at[idx].set(jnp.where(live[:, None, None], new, cb))
-        labels = labels.at[idx].set(jnp.where(live[:, None], lab, old))
-        return c, labels, done.at[idx].set(done[idx] | (live & stop)), n_iter.at[idx].add(live)
-
-    def body(s):
-        i, state = s
-        n_live = jnp.sum(~state[2])
-        branch = jnp.searchsorted(jnp.asarray(sizes), n_live)   # smallest bucket >= n_live
-        return i + 1, jax.lax.switch(branch, [functools.partial(step, b) for b in sizes], state)
-
-    state = (c0, jnp.full((n_init, x.shape[0]), -1, jnp.int32), jnp.zeros(n_init, bool),
-             jnp.zeros(n_init, jnp.int32))
-    _, (c, _, _, n_iter) = jax.lax.while_loop(
-        lambda s: (s[0] < max_iter) & ~jnp.all(s[1][2]), body, (jnp.asarray(0), state))
-    labels, dist = jax.vmap(lambda cc: _assign_dense(x, x_sq, cc))(c)
-    inertia = jnp.sum(dist, axis=1)
-    best = jnp.argmin(inertia)                          # the first restart among equals
-    return KMeansResult(labels[best], c[best], inertia[best], n_iter[best])
-
-
 def _validate(x, n_clusters, n_init, max_iter, tol, init):
     if x.ndim != 2:
         raise ValueError(f"kmeans: x must be 2-D (N, D), got shape {x.shape}")
@@ -318,17 +249,6 @@ def _prepare(x, tol):
     return xc, jnp.sum(xc * xc, axis=1), mean, jnp.mean(jnp.var(x, axis=0)) * tol
 
 
-@functools.partial(jax.jit, static_argnames=("n_clusters", "init", "block"))
-def _init_all(x, x_sq, keys, n_clusters: int, init: str, block):
-    """The initial centres (n_init, k, D) of every restart in one vmapped call, restart i from
-    keys[i] (the key ``_single`` uses). Used by the fused path only: for the sequential restarts
-    it measured no gain (10000 x 30: 58.2 vs 54.7 ms, although the 10 inits alone took 15.6 ms
-    batched vs 29.3 ms one by one)."""
-    if init == "k-means++":
-        return jax.vmap(lambda k: kmeans_plusplus(x, x_sq, n_clusters, k, block))(keys)
-    return jax.vmap(lambda k: x[jax.random.choice(k, x.shape[0], (n_clusters,), replace=False)])(keys)
-
-
 @jax.jit
 def _better(r: KMeansResult, best: KMeansResult) -> KMeansResult:
     """The restart with the lower inertia; the earlier one (best) among equals."""
@@ -338,7 +258,7 @@ def _better(r: KMeansResult, best: KMeansResult) -> KMeansResult:
 
 @renamed_kwarg("k", "n_clusters")
 def kmeans(x, n_clusters: int, *, key, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
-           init="k-means++", fused: bool = False) -> KMeansResult:
+           init="k-means++") -> KMeansResult:
     """K-means clustering of x (N, D) float32/float64 into n_clusters; best of n_init restarts.
 
     key: a ``jax.random.key`` or an int seed. init: "k-means++" (greedy, sklearn's), "random"
@@ -346,11 +266,6 @@ def kmeans(x, n_clusters: int, *, key, n_init: int = 10, max_iter: int = 300, to
     (N,) int32, centers (n_clusters, D), inertia (), n_iter ()) of the restart with the lowest
     inertia, as jax arrays. Traceable (jit, vmap over datasets) with static n_clusters / n_init /
     max_iter / init; x may be sharded. ``k=`` is a deprecated alias of ``n_clusters``.
-
-    fused=True runs all restarts in one loop (``_fused``: one distance GEMM and one one-hot GEMM
-    per step for all live restarts; memory O(N * n_init * k), no row blocks). Same restarts, same
-    answer up to float rounding; measured no faster than the default sequential restarts on a
-    2-core CPU (docs/cluster.md), so it is opt-in (the benchmark times both).
     """
     x = jnp.asarray(x)
     _validate(x, n_clusters, n_init, max_iter, tol, init)
@@ -362,9 +277,6 @@ def kmeans(x, n_clusters: int, *, key, n_init: int = 10, max_iter: int = 300, to
     if not isinstance(init, str):
         r = _single(xc, x_sq, tol_abs, key, n_clusters, max_iter, "k-means++", block,
                     jnp.asarray(init, x.dtype) - mean, cap=cap)
-        return r._replace(centers=r.centers + mean)
-    if fused:
-        r = _fused(xc, x_sq, tol_abs, key, n_clusters, n_init, max_iter, init)
         return r._replace(centers=r.centers + mean)
     best = None
     for sub in jax.random.split(key, n_init):
