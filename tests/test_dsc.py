@@ -5,7 +5,6 @@ CLI on a COIL-20 subset."""
 import dataclasses
 import json
 import pathlib
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -516,17 +515,13 @@ def test_reproduce_s4_tiny_in_workers_and_shards(real_manual_dir, tmp_path, caps
     assert (out / "results.md").read_text().count("| 16x16x1 |") == 2
     # the two rows of a seed shared one pretrained AE
     assert sorted(p.name for p in (work / "pretrained").iterdir()) == ["c1-e5-seed0", "c1-e5-seed1"]
-    # seed 1 trained again in this process (shard 1 of 2) gives what its worker gave
-    first = {r: (work / r / "seed1" / "labels.npy").read_bytes() for r in ("noatt_c1", "att_c1")}
-    for r in first:
-        shutil.rmtree(work / r / "seed1")
-    shutil.rmtree(work / "pretrained" / "c1-e5-seed1")
+    # a shard of a complete grid trains nothing and writes no table (the shares themselves and
+    # a worker's numbers against the run alone are tested in test_s3_pretrain / test_grid)
     (out / "results.json").unlink()
     mtime = (work / "att_c1" / "seed0" / "metrics.json").stat().st_mtime_ns
     assert dsc.reproduce_main(argv + ["--shard", "1/2"]) == 0
     assert "run the command without --shard" in capsys.readouterr().out
-    assert not (out / "results.json").exists()                     # a shard writes no table
-    assert {r: (work / r / "seed1" / "labels.npy").read_bytes() for r in first} == first
+    assert not (out / "results.json").exists()
     # the command without --shard trains nothing more and gathers the same table
     assert dsc.reproduce_main(argv) == 0
     assert (work / "att_c1" / "seed0" / "metrics.json").stat().st_mtime_ns == mtime
