@@ -50,6 +50,18 @@ def optional_peers(*modules: str) -> dict[str, Any]:
 MISSING = "missing"
 
 
+def peers_to_time(names, runs: dict, skip, out: dict):
+    """Yields the names in ``names`` that have a run to time; records the others in ``out`` as
+    ``<name>_s`` = "skipped" (in ``skip``) or MISSING (not installed)."""
+    for name in names:
+        if name in skip:
+            out[f"{name}_s"] = "skipped"
+        elif name not in runs:
+            out[f"{name}_s"] = MISSING
+        else:
+            yield name
+
+
 def block(x: Any) -> Any:
     """Waits for every jax array in x (numpy results pass through)."""
     return jax.block_until_ready(x)

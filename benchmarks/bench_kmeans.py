@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import (MISSING, best_of, emit, first_call, machine, mnist_pixels,  # noqa: E402
+from _common import (peers_to_time, best_of, emit, first_call, machine, mnist_pixels,  # noqa: E402
                      optional_peers, require_peers)
 
 from aeclust_jax.cluster import kmeans  # noqa: E402
@@ -100,13 +100,7 @@ def bench(case: str, repeat: int, peers: dict, skip: tuple[str, ...]) -> dict:
     out["load_avg_1m_after_ours"] = machine()["load_avg_1m"]
 
     runs = peer_runs(x, peers)
-    for name in ("sklearn",) + OPTIONAL:
-        if name in skip:
-            out[f"{name}_s"] = "skipped"
-            continue
-        if name not in runs:
-            out[f"{name}_s"] = MISSING
-            continue
+    for name in peers_to_time(("sklearn",) + OPTIONAL, runs, skip, out):
         if name == "ott":   # compile apart
             out["ott_first_call_s"], _ = first_call(runs[name])
         out[f"{name}_s"], (inertia, n_iter) = best_of(runs[name], repeat)

@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import MISSING, best_of, emit, first_call, machine, optional_peers, require_peers  # noqa: E402
+from _common import best_of, emit, first_call, machine, optional_peers, peers_to_time, require_peers  # noqa: E402
 
 from aeclust_jax.cluster import knn_classify  # noqa: E402
 
@@ -75,13 +75,7 @@ def bench(case: str, k: int, repeat: int, peers: dict, skip) -> dict:
             return classes[np.argmax(votes, axis=1)]       # ties: the smallest label
         runs["faiss"] = fa
     want = None
-    for name in ("sklearn",) + OPTIONAL:
-        if name in skip:
-            out[f"{name}_s"] = "skipped"
-            continue
-        if name not in runs:
-            out[f"{name}_s"] = MISSING
-            continue
+    for name in peers_to_time(("sklearn",) + OPTIONAL, runs, skip, out):
         out[f"{name}_s"], pred = best_of(runs[name], repeat)
         pred = np.asarray(pred)
         out[f"load_avg_1m_after_{name}"] = machine()["load_avg_1m"]
