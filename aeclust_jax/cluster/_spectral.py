@@ -1,7 +1,9 @@
 """Normalised spectral clustering and DSC-Net's affinity post-processing, in jnp.
 
 ``spectral``: the k leading eigenvectors of D^-1/2 A D^-1/2 (= the k smallest of the normalised
-Laplacian I - D^-1/2 A D^-1/2), rows scaled to unit length (Ng, Jordan, Weiss 2001), K-means.
+Laplacian I - D^-1/2 A D^-1/2), rows scaled to unit length (Ng, Jordan, Weiss 2001), K-means;
+for a dense affinity (N, N) or a sparse one (scipy.sparse / BCOO, e.g. ``knn_graph``'s), whose
+eigenvectors come from a Chebyshev-filtered subspace iteration in jnp (eigsh as fallback).
 ``dsc_affinity``: the post-processing that DSC-Net (Ji et al. 2017, panji1990/Deep-subspace-
 clustering-networks, ``thrC`` + ``post_proC``) applies to a learned self-expression matrix C
 before spectral clustering (see STUDIES.md S4).
@@ -268,7 +270,10 @@ def spectral_embedding(affinity, n_components: int, *, solver: str = "auto"):
     (``leading_eigvecs_chebyshev``: Chebyshev-filtered subspace iteration in float32 jnp over
     sparse mat-vecs until the residual is below ``CHEB_TOL`` = 1e-5, else the fallback) or
     ``eigsh`` (the fallback itself: scipy's ARPACK ``eigsh(which="LA")``, float64). Measured on
-    the kNN graph (k = 10) of the 10000 MNIST test images: see docs/cluster.md.
+    the 10-NN graph of the 10000 MNIST test images (PCA-50, nnz 136882; 2-core CPU, load ~5):
+    ``spectral`` 0.61 s with chebyshev (7 steps; the solve 0.45 s), 0.27 s with eigsh, against
+    scikit-learn's SpectralClustering 7.5 s (4.6 s on one thread); the same clusters from both
+    solvers (ACC 0.703). On a CPU ``solver="eigsh"`` is the faster one (docs/cluster.md).
     """
     if _is_sparse(affinity):
         if solver not in ("auto", "chebyshev", "eigsh"):
@@ -304,7 +309,7 @@ def spectral(affinity, n_clusters: int, *, key, n_init: int = 10,
     """Normalised spectral clustering of an affinity (N, N) (symmetrised, non-negative) -> (N,) int32.
 
     affinity: dense (numpy / jax array) or sparse (``scipy.sparse``, ``BCOO``), e.g. a kNN graph
-    from ``knn_graph``; see ``spectral_embedding``.
+    from ``knn_graph`` (never densified; see ``spectral_embedding`` for the solvers and times).
     key: a ``jax.random.key`` or an int seed, for the K-means restarts on the spectral embedding.
     solver: the eigensolver of ``spectral_embedding``. ``k=`` is a deprecated alias of ``n_clusters``.
     """
