@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["knn_classify"]
+__all__ = ["knn_classify", "knn_graph"]
 
 # Test rows per distance block: the block's (rows x N_train) distances stay around 64 MB.
 _BLOCK_ENTRIES = 1 << 24
@@ -56,3 +56,52 @@ def knn_classify(train_x, train_y, test_x, k: int = 5):
     block = int(max(1, min(test_x.shape[0], _BLOCK_ENTRIES // train_x.shape[0])))
     idx = _knn_votes(train_x, jnp.asarray(y, jnp.int32), test_x, k, len(classes), block)
     return jnp.asarray(classes)[idx]
+
+
+@functools.partial(jax.jit, static_argnames=("k", "block"))
+def _knn_indices(x, k: int, block: int):
+    """Indices (N, k) int32 of the k nearest rows of x (N, D) to each row of x, nearest first
+    (the row itself included): the score GEMM of ``_knn_votes`` over row blocks + ``lax.top_k``."""
+    sq = jnp.sum(x * x, axis=1)
+    n = x.shape[0]
+    nb = -(-n // block)
+    xb = jnp.pad(x, ((0, nb * block - n), (0, 0))).reshape(nb, block, -1)
+
+    def one_block(t):
+        return jax.lax.top_k(2.0 * (t @ x.T) - sq[None, :], k)[1]
+
+    return jax.lax.map(one_block, xb).reshape(nb * block, k)[:n]
+
+
+def knn_graph(x, n_neighbors: int = 10, *, include_self: bool = True, symmetric: bool = True):
+    """kNN connectivity graph of x (N, D) -> ``scipy.sparse.csr_matrix`` (N, N) float64.
+
+    Row i has a 1 at each of the ``n_neighbors`` rows nearest to x[i] (Euclidean; the row itself
+    counts as one when ``include_self``, else it is left out), as ``kneighbors_graph(x,
+    n_neighbors, include_self=...)``; ``symmetric`` returns 0.5 (A + A^T), the affinity of
+    ``SpectralClustering(affinity="nearest_neighbors")`` (entries 1 and 0.5). The search is a
+    blocked GEMM + ``lax.top_k`` in jnp (ties between equal distances may pick other rows than
+    scikit-learn); the graph is assembled on the host.
+    """
+    import scipy.sparse as sps
+    x = jnp.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"knn_graph: x must be (N, D), got shape {x.shape}")
+    n = x.shape[0]
+    extra = 0 if include_self else 1
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) \
+            or not 1 <= n_neighbors <= n - extra:
+        raise ValueError(f"knn_graph: n_neighbors must be an int in [1, {n - extra}], got {n_neighbors!r}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.float32)
+    k = int(n_neighbors) + extra
+    block = int(max(1, min(n, _BLOCK_ENTRIES // n)))
+    idx = np.array(_knn_indices(x, k, block))
+    if not include_self:       # drop the row itself (or, when a duplicate outranked it, the last)
+        own = idx == np.arange(n)[:, None]
+        drop = np.where(own.any(axis=1), own.argmax(axis=1), k - 1)
+        idx = idx[np.arange(k)[None, :] != drop[:, None]].reshape(n, k - 1)
+    a = sps.csr_matrix((np.ones(idx.size), idx.ravel(), np.arange(0, idx.size + 1, idx.shape[1])),
+                       shape=(n, n))
+    a.sort_indices()
+    return 0.5 * (a + a.T).tocsr() if symmetric else a

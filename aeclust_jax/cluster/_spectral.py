@@ -1,7 +1,9 @@
 """Normalised spectral clustering and DSC-Net's affinity post-processing, in jnp.
 
 ``spectral``: the k leading eigenvectors of D^-1/2 A D^-1/2 (= the k smallest of the normalised
-Laplacian I - D^-1/2 A D^-1/2), rows scaled to unit length (Ng, Jordan, Weiss 2001), K-means.
+Laplacian I - D^-1/2 A D^-1/2), rows scaled to unit length (Ng, Jordan, Weiss 2001), K-means;
+for a dense affinity (N, N) or a sparse one (scipy.sparse / BCOO, e.g. ``knn_graph``'s), whose
+eigenvectors come from a Chebyshev-filtered subspace iteration in jnp (eigsh as fallback).
 ``dsc_affinity``: the post-processing that DSC-Net (Ji et al. 2017, panji1990/Deep-subspace-
 clustering-networks, ``thrC`` + ``post_proC``) applies to a learned self-expression matrix C
 before spectral clustering (see STUDIES.md S4).
@@ -18,7 +20,8 @@ import numpy as np
 from aeclust_jax.cluster._common import renamed_kwarg
 from aeclust_jax.cluster._kmeans import kmeans
 
-__all__ = ["spectral", "spectral_embedding", "dsc_affinity", "threshold_columns"]
+__all__ = ["spectral", "spectral_embedding", "dsc_affinity", "threshold_columns",
+           "leading_eigvecs_chebyshev"]
 
 
 def _check_square(a, name):
@@ -100,20 +103,185 @@ def _shift_invert(m, k, seed, max_iter, tol, linalg):
     return None
 
 
+# ----------------------------------------------------------------------------- sparse affinities
+
+CHEB_DEGREE = 10          # Chebyshev polynomial degree per filter step (matvecs per step)
+CHEB_EXTRA = 10           # block of n_components + 10 vectors
+CHEB_MAX_ITER = 60        # filter steps before the scipy eigsh fallback
+CHEB_TOL = 1e-5           # max residual ||M u - theta u|| (float32) of the wanted unit vectors
+
+
+def _is_sparse(a) -> bool:
+    import scipy.sparse as sps
+    from jax.experimental import sparse as jsparse
+    return sps.issparse(a) or isinstance(a, jsparse.BCOO)
+
+
+def _sparse_affinity(a, fn: str):
+    """A scipy.sparse matrix or a 2-D BCOO -> scipy COO float64 (N, N), checked square and
+    non-negative (one ValueError naming ``affinity``). Host only: not under jit."""
+    import scipy.sparse as sps
+    if not sps.issparse(a):                                   # BCOO
+        if isinstance(a.data, jax.core.Tracer):
+            raise ValueError(f"{fn}: a sparse affinity is solved on the host; not under jit")
+        if a.ndim != 2 or a.n_batch or a.n_dense:
+            raise ValueError(f"{fn}: affinity must be a square (N, N) matrix, got a BCOO of shape "
+                             f"{a.shape} (n_batch={a.n_batch}, n_dense={a.n_dense})")
+        idx, data = np.asarray(a.indices), np.asarray(a.data)
+        keep = (idx < np.asarray(a.shape)).all(axis=1)        # BCOO pads with out-of-range indices
+        a = sps.coo_matrix((data[keep], (idx[keep, 0], idx[keep, 1])), shape=a.shape)
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"{fn}: affinity must be a square (N, N) matrix, got shape {a.shape}")
+    a = sps.coo_matrix(a, dtype=np.float64)
+    if a.nnz and a.data.min() < 0:
+        raise ValueError(f"{fn}: affinity must be non-negative")
+    return a
+
+
+def _normalised_sparse(a):
+    """D^-1/2 A D^-1/2 (CSR float64, sorted indices) of the symmetrised COO affinity a, and the
+    isolated-node mask (N,) (degree 0: zero rows), as ``_normalised_adjacency``."""
+    import scipy.sparse as sps
+    a = (0.5 * (a + a.T)).tocsr()
+    a.sum_duplicates()
+    a.eliminate_zeros()
+    deg = np.asarray(a.sum(axis=1)).ravel()
+    dinv = np.where(deg > 0, 1.0 / np.sqrt(np.where(deg > 0, deg, 1.0)), 0.0)
+    m = (sps.diags(dinv) @ a @ sps.diags(dinv)).tocsr()
+    m.sort_indices()
+    return m, deg == 0
+
+
+@jax.jit
+def _chebyshev_subspace(rows, cols, vals, x0, k, degree, max_iter, tol):
+    """Chebyshev-filtered subspace iteration (Zhou & Saad 2007) for the k leading eigenpairs of
+    a symmetric sparse M (N, N) with spectrum in [-1, 1], given as COO rows (sorted) / cols /
+    vals (nnz,), from a start block x0 (N, s), s > k. Each step applies the degree-``degree``
+    Chebyshev polynomial bounded by 1 on [-1, cut] (cut = the smallest Ritz value of the block:
+    the negative end and the unwanted middle are damped together, no shift needed) that grows
+    fast above it, then QR and Rayleigh-Ritz; it stops when the k wanted residuals are below tol
+    or after max_iter steps. k, degree, max_iter are traced (one compile per N, nnz, s).
+    Returns (vectors (N, s), Ritz values (s,) descending, max residual of the k, steps)."""
+    n, s = x0.shape
+    wanted = jnp.arange(s) < k
+
+    def mv(x):
+        return jax.ops.segment_sum(vals[:, None] * x[cols], rows, n, indices_are_sorted=True)
+
+    def rayleigh_ritz(y):
+        q = jnp.linalg.qr(y)[0]
+        mq = mv(q)
+        w, v = jnp.linalg.eigh(0.5 * (q.T @ mq + mq.T @ q))
+        w, v = w[::-1], v[:, ::-1]
+        x, mx = q @ v, mq @ v
+        res = jnp.where(wanted, jnp.linalg.norm(mx - x * w, axis=0), 0.0).max()
+        return x, w, res
+
+    def step(state):
+        x, w, _, it = state
+        cut = jnp.minimum(w[-1], 1.0 - 1e-3)                 # damp [-1, cut]
+        c, e = 0.5 * (cut - 1.0), 0.5 * (cut + 1.0)
+
+        def three_term(_, ys):
+            y_prev, y = ys
+            return y, 2.0 * (mv(y) - c * y) / e - y_prev
+
+        y = jax.lax.fori_loop(1, degree, three_term, (x, (mv(x) - c * x) / e))[1]
+        return rayleigh_ritz(y) + (it + 1,)
+
+    def cond(state):
+        return (state[2] > tol) & (state[3] < max_iter)
+
+    x, w, res = rayleigh_ritz(x0)
+    return jax.lax.while_loop(cond, step, (x, w, res, jnp.int32(0)))
+
+
+def leading_eigvecs_chebyshev(m, k: int, *, seed: int = 0, degree: int = CHEB_DEGREE,
+                              max_iter: int = CHEB_MAX_ITER, tol: float = CHEB_TOL):
+    """The k leading eigenpairs of a sparse normalised adjacency m (N, N) (scipy sparse,
+    symmetric, spectrum in [-1, 1]) by ``_chebyshev_subspace`` in float32 jnp over sparse
+    mat-vecs: a block of k + ``CHEB_EXTRA`` vectors (rounded up to a multiple of 8, at most N)
+    from a seeded normal start; nnz padded to a power of two (zero entries), so graphs of one
+    size share a compile. Returns (vectors (N, k) numpy, values (k,), residual, steps), or None
+    when the residual is above ``tol`` after ``max_iter`` steps (callers then use eigsh)."""
+    from threadpoolctl import threadpool_limits
+    n = m.shape[0]
+    s = min(n, -(-(k + CHEB_EXTRA) // 8) * 8)
+    coo = m.tocsr().tocoo()                                  # rows sorted
+    pad = max(1024, 1 << int(np.ceil(np.log2(max(coo.nnz, 1))))) - coo.nnz
+    rows = np.concatenate([coo.row, np.full(pad, n - 1)]).astype(np.int32)
+    cols = np.concatenate([coo.col, np.zeros(pad)]).astype(np.int32)
+    vals = np.concatenate([coo.data, np.zeros(pad)]).astype(np.float32)
+    x0 = np.random.default_rng(seed).standard_normal((n, s)).astype(np.float32)
+    with threadpool_limits(1, user_api="blas"):   # XLA's QR/eigh call LAPACK: with OpenBLAS's own
+        x, w, res, it = jax.block_until_ready(     # threads beside XLA's pool, a (10000, 20) QR
+            _chebyshev_subspace(rows, cols, vals, x0, k, degree, max_iter, tol))  # took 210 ms, not 1.8
+    res = float(res)
+    if not np.isfinite(res) or res > tol:
+        return None
+    return np.asarray(x[:, :k]), np.asarray(w[:k]), res, int(it)
+
+
+def leading_eigvecs_eigsh(m, k: int, *, seed: int = 0):
+    """The fallback: the k leading eigenpairs of m (N, N) (scipy sparse, symmetric) by scipy's
+    ``eigsh(which="LA")`` (ARPACK, float64), or numpy's dense eigh when k >= N - 1 (ARPACK
+    needs k < N). Returns (vectors (N, k), values (k,) descending)."""
+    import scipy.sparse.linalg
+    n = m.shape[0]
+    if k >= n - 1:
+        w, v = np.linalg.eigh(m.toarray())
+    else:
+        from threadpoolctl import threadpool_limits
+        v0 = np.random.default_rng(seed).uniform(-1, 1, n)
+        with threadpool_limits(1, user_api="blas"):
+            w, v = scipy.sparse.linalg.eigsh(m, k, which="LA", v0=v0)
+    order = np.argsort(w)[::-1][:k]
+    return v[:, order], w[order]
+
+
+def _sparse_embedding(a, n_components: int, solver: str):
+    """The spectral embedding (N, n_components) float32 of a checked sparse COO affinity."""
+    m, isolated = _normalised_sparse(a)
+    got = None
+    if solver != "eigsh":
+        got = leading_eigvecs_chebyshev(m, n_components, max_iter=CHEB_MAX_ITER, tol=CHEB_TOL)
+    u = got[0].astype(np.float64) if got is not None else leading_eigvecs_eigsh(m, n_components)[0]
+    norm = np.linalg.norm(u, axis=1, keepdims=True)
+    u = np.where(isolated[:, None], 0.0, u / np.where(norm > 0, norm, 1.0))
+    return jnp.asarray(u, jnp.float32)
+
+
 @renamed_kwarg("k", "n_components")
 def spectral_embedding(affinity, n_components: int, *, solver: str = "auto"):
-    """Row-normalised spectral embedding (N, n_components) of a symmetric non-negative affinity
-    (N, N): the n_components leading eigenvectors of D^-1/2 A D^-1/2, rows scaled to unit length
-    (isolated nodes, degree 0, get a zero row). ``n_components`` = the number of clusters in
-    ``spectral``; ``k=`` is deprecated.
+    """Row-normalised spectral embedding (N, n_components) float32 of a symmetric non-negative
+    affinity (N, N): the n_components leading eigenvectors of D^-1/2 A D^-1/2, rows scaled to
+    unit length (isolated nodes, degree 0, get a zero row). ``n_components`` = the number of
+    clusters in ``spectral``; ``k=`` is deprecated.
 
-    solver: ``eigh`` (a full jnp eigh; jittable), ``shift_invert``
+    affinity: a dense array (numpy / jax), or a sparse matrix (any ``scipy.sparse`` matrix or
+    array, or a 2-D ``jax.experimental.sparse.BCOO``; symmetrised 0.5 (A + A^T) like the dense one).
+    solver, dense affinity: ``eigh`` (a full jnp eigh; jittable), ``shift_invert``
     (``leading_eigvecs_shift_invert``: float64 on the host, only the vectors needed, with a full
     eigh as fallback when it does not converge) or ``auto`` (shift_invert, eigh under a jax
     transformation). Measured at N = 1440, k = 20 (a DSC affinity, 2-core CPU): eigh 1.4 s;
     shift-invert converges in 1-2 iterations, the same clusters. LOBPCG and Chebyshev-filtered
     subspace iteration did not converge there (see docs/cluster.md).
+    solver, sparse affinity (host, not jittable): ``chebyshev`` = ``auto``
+    (``leading_eigvecs_chebyshev``: Chebyshev-filtered subspace iteration in float32 jnp over
+    sparse mat-vecs until the residual is below ``CHEB_TOL`` = 1e-5, else the fallback) or
+    ``eigsh`` (the fallback itself: scipy's ARPACK ``eigsh(which="LA")``, float64). Measured on
+    the 10-NN graph of the 10000 MNIST test images (PCA-50, nnz 136882; 2-core CPU, load ~5):
+    ``spectral`` 0.61 s with chebyshev (7 steps; the solve 0.45 s), 0.27 s with eigsh, against
+    scikit-learn's SpectralClustering 7.5 s (4.6 s on one thread); the same clusters from both
+    solvers (ACC 0.703). On a CPU ``solver="eigsh"`` is the faster one (docs/cluster.md).
     """
+    if _is_sparse(affinity):
+        if solver not in ("auto", "chebyshev", "eigsh"):
+            raise ValueError("spectral_embedding: solver for a sparse affinity must be auto, chebyshev "
+                             f"or eigsh, got {solver!r}")
+        a = _sparse_affinity(affinity, "spectral_embedding")
+        _check_n(n_components, a.shape[0], "spectral_embedding", "n_components")
+        return _sparse_embedding(a, int(n_components), solver)
     if solver not in ("auto", "eigh", "shift_invert"):
         raise ValueError(f"spectral_embedding: solver must be auto, eigh or shift_invert, got {solver!r}")
     traced = isinstance(affinity, jax.core.Tracer)
@@ -129,18 +297,29 @@ def spectral_embedding(affinity, n_components: int, *, solver: str = "auto"):
     return jnp.asarray(_unit_rows(got[0], a), jnp.float32)
 
 
+def _check_n(n_clusters, n: int, fn: str, name: str):
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) \
+            or not 1 <= n_clusters <= n:
+        raise ValueError(f"{fn}: {name} must be an int in [1, N={n}], got {n_clusters!r}")
+
+
 @renamed_kwarg("k", "n_clusters")
 def spectral(affinity, n_clusters: int, *, key, n_init: int = 10,
              solver: str = "auto") -> jax.Array:
     """Normalised spectral clustering of an affinity (N, N) (symmetrised, non-negative) -> (N,) int32.
 
+    affinity: dense (numpy / jax array) or sparse (``scipy.sparse``, ``BCOO``), e.g. a kNN graph
+    from ``knn_graph`` (never densified; see ``spectral_embedding`` for the solvers and times).
     key: a ``jax.random.key`` or an int seed, for the K-means restarts on the spectral embedding.
     solver: the eigensolver of ``spectral_embedding``. ``k=`` is a deprecated alias of ``n_clusters``.
     """
+    if _is_sparse(affinity):
+        a = _sparse_affinity(affinity, "spectral")
+        _check_n(n_clusters, a.shape[0], "spectral", "n_clusters")
+        emb = spectral_embedding(a, int(n_clusters), solver=solver)
+        return kmeans(emb, int(n_clusters), key=key, n_init=n_init).labels
     a = _check_square(affinity, "affinity")
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) \
-            or not 1 <= n_clusters <= a.shape[0]:
-        raise ValueError(f"spectral: n_clusters must be an int in [1, N={a.shape[0]}], got {n_clusters!r}")
+    _check_n(n_clusters, a.shape[0], "spectral", "n_clusters")
     if not isinstance(a, jax.core.Tracer) and bool(jnp.any(a < 0)):
         raise ValueError("spectral: affinity must be non-negative")
     n_clusters = int(n_clusters)
