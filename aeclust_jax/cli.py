@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 from aeclust_jax.errors import UsageError, UserError
 
 __all__ = ["MODEL_STUDY", "STUDY_MODULE", "UsageError", "make_parser", "prog_name", "run_main",
+           "enable_compile_cache",
            "study_module", "train_main", "reproduce_main", "data_main", "peek_option"]
 
 # The registry of studies and their models: aeclust_jax/studies/__init__.py.
@@ -79,10 +80,36 @@ def study_module(name: str, table: dict[str, str], what: str):
 
 # ----------------------------------------------------------------------------- running a main
 
+XLA_CACHE_ENV = "AECLUST_XLA_CACHE"
+XLA_CACHE_OFF = ("0", "off", "false", "no", "none")
+
+
+def enable_compile_cache() -> str | None:
+    """Keeps the tools' XLA compilations on disk, so a rerun, a ``--resume`` or the next model of
+    a reproduction with the same shapes loads its train step instead of compiling it again
+    (seconds each on a CPU). The folder: ``$JAX_COMPILATION_CACHE_DIR`` when set, else
+    ``$AECLUST_XLA_CACHE``, else ``~/.cache/aeclust_jax/xla``; ``AECLUST_XLA_CACHE=off`` turns
+    it off. A cached executable is the compiled program itself: the same numbers. The library
+    never calls this (importing ``aeclust_jax`` changes no JAX setting); the command-line tools
+    do, and their worker processes inherit the folder. Returns the folder, or None when off."""
+    value = os.environ.get(XLA_CACHE_ENV, "")
+    if value.strip().lower() in XLA_CACHE_OFF:
+        return None
+    default = pathlib.Path.home() / ".cache" / "aeclust_jax" / "xla"
+    path = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", value or str(default))
+    import jax
+    jax.config.update("jax_compilation_cache_dir", path)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
+
+
 def run_main(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> int:
-    """Runs ``main(argv)``. A UserError prints one line ``error: ...`` on stderr and returns 2;
-    Ctrl-C returns 130; any other exception propagates with its traceback (a bug: exit 1)."""
+    """Runs ``main(argv)`` with the XLA compile cache on (``enable_compile_cache``). A UserError
+    prints one line ``error: ...`` on stderr and returns 2; Ctrl-C returns 130; any other
+    exception propagates with its traceback (a bug: exit 1)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    enable_compile_cache()
     try:
         return int(main(argv) or 0)
     except KeyboardInterrupt:

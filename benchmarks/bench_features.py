@@ -33,7 +33,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent

@@ -2,8 +2,28 @@
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
+
+# One XLA compilation cache for the session: the xdist workers and every command-line run the
+# tests start (they inherit the environment) load a program another test compiled instead of
+# compiling it again (the CLI tests train the same models many times). The controller makes the
+# folder before the workers start and removes it at the end. A cached executable is the
+# compiled program itself, so no number changes.
+if "AECLUST_TEST_XLA_CACHE" not in os.environ:
+    os.environ["AECLUST_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="aeclust_test_xla_")
+    _OWN_CACHE = True
+else:
+    _OWN_CACHE = False
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["AECLUST_TEST_XLA_CACHE"]
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
+def pytest_sessionfinish(session):
+    if _OWN_CACHE and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(os.environ["AECLUST_TEST_XLA_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

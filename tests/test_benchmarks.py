@@ -145,10 +145,14 @@ def test_run_all_collects_each_scripts_last_line_and_fails_on_a_broken_one(tmp_p
     assert rows["nopeer"]["status"] == "peer missing" and "faiss" in rows["nopeer"]["error"]
     assert rows["broken"]["status"] == "failed" and "shape mismatch" in rows["broken"]["error"]
     md = (out / "run_all.md").read_text()
-    assert "| stage ok.py | peer | 2.50x |" in md and report["machine"]["cores"] >= 1
+    assert "| stage ok.py (`ok.py`) | - | - | peer | 2.50x |" in md and report["machine"]["cores"] >= 1
+    assert "| failed: exit status 1: " in md and "shape mismatch" in md
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["failed"] == ["broken"] and summary["speedup"]["ok"] == 2.5
-    assert run_all.main(["--quick", "--only", "ok", "--out", str(out)]) == 0
+    assert run_all.main(["--quick", "--only", "ok", "--out", str(out)]) == 0   # broken not rerun
+    again = json.loads((out / "run_all.json").read_text())         # the other rows are kept
+    assert [r["name"] for r in again["rows"]] == ["ok", "nopeer", "broken"]
+    assert again["rows"][2] == report["rows"][2] and again["rows"][0]["date"] >= rows["ok"]["date"]
 
 
 def test_optional_peer_missing_is_reported_not_fatal(monkeypatch, capsys):
@@ -163,3 +167,29 @@ def test_optional_peer_missing_is_reported_not_fatal(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "optional peer 'no_such_peer_xyz' is not installed" in err
     assert "pip install -e '.[bench]'" in err and _common.MISSING == "missing"
+
+
+def test_readme_speed_table_is_generated_from_the_saved_full_run(tmp_path, monkeypatch, capsys):
+    """README's speed table is run_all's markdown of results/bench/full/run_all.json, byte for
+    byte (regenerate: run_all.py --from-json ... --readme README.md), every stage made its rows
+    from its script's JSON; --readme on a file without the markers is one error, file untouched."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import run_all
+    saved = BENCH.parent / "results" / "bench" / "full" / "run_all.json"
+    report = json.loads(saved.read_text())
+    table = run_all.markdown(report)
+    readme = (BENCH.parent / "README.md").read_text()
+    assert run_all.replace_block(readme, table) == readme
+    assert "(table:" not in table and {r["name"] for r in report["rows"]} == set(run_all.NAMES)
+    assert all(r["status"] == "ok" for r in report["rows"])
+    copy = tmp_path / "README.md"
+    copy.write_text(readme.replace(table, "| old |\n"))
+    assert run_all.main(["--from-json", str(saved), "--readme", str(copy)]) == 0
+    assert copy.read_text() == readme
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    capsys.readouterr()
+    assert run_all.main(["--from-json", str(saved), "--readme", str(plain)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: run_all: ") and "plain.md" in err and len(err.splitlines()) == 1
+    assert plain.read_text() == "no markers\n"

@@ -308,3 +308,46 @@ def test_every_study_package_keeps_its_submodules_under_their_names(study):
     for sub in subs:
         assert getattr(mod, sub) is importlib.import_module(f"{mod.__name__}.{sub}"), (study, sub)
     assert mod.train_main is mod.recipe.train_main
+
+
+def test_tools_keep_compilations_on_disk_and_a_loaded_program_gives_the_same_numbers(tmp_path):
+    """enable_compile_cache (every command-line tool calls it): the folder from
+    $AECLUST_XLA_CACHE, `off` turns it off; a second process loads the first one's compiled
+    program from the folder (no compile) and computes the same bits."""
+    script = textwrap.dedent("""
+        import sys, time
+        from aeclust_jax.cli import enable_compile_cache
+        print("cache", enable_compile_cache())
+        import jax, jax.numpy as jnp
+        hits = []
+        jax.monitoring.register_event_listener(lambda e, **k: hits.append(e) if "cache_hits" in e else None)
+        def loss(w, x):                              # a small conv net's loss
+            for k in w:
+                x = jnp.tanh(jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                                          dimension_numbers=("NHWC", "HWIO", "NHWC")))
+            return jnp.mean(x ** 2)
+        keys = jax.random.split(jax.random.key(0), 3)
+        w = [jax.random.normal(keys[0], (3, 3, 1, 8)), jax.random.normal(keys[1], (3, 3, 8, 1))]
+        g = jax.jit(jax.grad(loss))(w, jax.random.uniform(keys[2], (4, 28, 28, 1)))
+        print("hits", len(hits))
+        print("sum", float(sum(jnp.sum(v.astype(jnp.float64)) for v in jax.tree.leaves(g))).hex())
+    """)
+    env = {k: v for k, v in _env().items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    def run(cache):
+        p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env=dict(env, AECLUST_XLA_CACHE=cache), timeout=300, cwd=REPO)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return dict(line.split(" ", 1) for line in p.stdout.splitlines())
+    first, second = run(str(tmp_path / "xla")), run(str(tmp_path / "xla"))
+    assert first["cache"] == second["cache"] == str(tmp_path / "xla")
+    assert any((tmp_path / "xla").iterdir())
+    assert int(first["hits"]) == 0 and int(second["hits"]) > 0
+    assert first["sum"] == second["sum"]
+
+
+
+@pytest.mark.parametrize("value", ["off", "0", "OFF"])
+def test_compile_cache_off(value, monkeypatch):
+    monkeypatch.setenv("AECLUST_XLA_CACHE", value)
+    assert cli.enable_compile_cache() is None

@@ -234,6 +234,9 @@ def test_sparse_spectral_matches_sklearn_and_dense():
     ours = np.asarray(spectral(g, 6, key=0))
     ref = SpectralClustering(6, affinity="precomputed", random_state=0).fit_predict(g)
     assert adjusted_rand_score(ref, ours) == 1.0 and metrics.acc(y, ours) == 1.0
+    import aeclust_jax.cluster._spectral as sp                 # auto on the CPU is host ARPACK;
+    assert sp.sparse_auto_solver() == "eigsh"                  # the jnp solver gives the same
+    np.testing.assert_array_equal(np.asarray(spectral(g, 6, key=0, solver="chebyshev")), ours)
     dense = np.asarray(g.todense())
     np.testing.assert_array_equal(np.asarray(spectral(dense, 6, key=0)), ours)
     e_sparse, e_dense = np.asarray(spectral_embedding(g, 6)), np.asarray(spectral_embedding(dense, 6))
@@ -275,7 +278,7 @@ def test_sparse_fallback_to_eigsh(monkeypatch):
     orig = sp.leading_eigvecs_eigsh
     monkeypatch.setattr(sp, "leading_eigvecs_eigsh", lambda *a, **k: calls.append(1) or orig(*a, **k))
     monkeypatch.setattr(sp, "CHEB_MAX_ITER", 1)                 # no convergence -> eigsh
-    assert adjusted_rand_score(np.asarray(spectral(g, 6, key=0)), labels) == 1.0
+    assert adjusted_rand_score(np.asarray(spectral(g, 6, key=0, solver="chebyshev")), labels) == 1.0
     assert calls == [1]
     assert adjusted_rand_score(np.asarray(spectral(g, 6, key=0, solver="eigsh")), labels) == 1.0
     u, w = orig(m, 6)                                          # eigsh itself vs numpy's eigh

@@ -239,9 +239,18 @@ def leading_eigvecs_eigsh(m, k: int, *, seed: int = 0):
     return v[:, order], w[order]
 
 
+def sparse_auto_solver() -> str:
+    """``solver="auto"``'s pick for a sparse affinity: ``eigsh`` (host ARPACK) when JAX runs on
+    the CPU, where it measured 2.3x faster than the jnp solver (the block mat-vecs bound that
+    one), else ``chebyshev`` (its mat-vecs and QR on the accelerator)."""
+    return "eigsh" if jax.default_backend() == "cpu" else "chebyshev"
+
+
 def _sparse_embedding(a, n_components: int, solver: str):
     """The spectral embedding (N, n_components) float32 of a checked sparse COO affinity."""
     m, isolated = _normalised_sparse(a)
+    if solver == "auto":
+        solver = sparse_auto_solver()
     got = None
     if solver != "eigsh":
         got = leading_eigvecs_chebyshev(m, n_components, max_iter=CHEB_MAX_ITER, tol=CHEB_TOL)
@@ -266,10 +275,11 @@ def spectral_embedding(affinity, n_components: int, *, solver: str = "auto"):
     transformation). Measured at N = 1440, k = 20 (a DSC affinity, 2-core CPU): eigh 1.4 s;
     shift-invert converges in 1-2 iterations, the same clusters. LOBPCG and Chebyshev-filtered
     subspace iteration did not converge there (see docs/cluster.md).
-    solver, sparse affinity (host, not jittable): ``chebyshev`` = ``auto``
+    solver, sparse affinity (host, not jittable): ``chebyshev``
     (``leading_eigvecs_chebyshev``: Chebyshev-filtered subspace iteration in float32 jnp over
-    sparse mat-vecs until the residual is below ``CHEB_TOL`` = 1e-5, else the fallback) or
-    ``eigsh`` (the fallback itself: scipy's ARPACK ``eigsh(which="LA")``, float64). Measured on
+    sparse mat-vecs until the residual is below ``CHEB_TOL`` = 1e-5, else the fallback),
+    ``eigsh`` (the fallback itself: scipy's ARPACK ``eigsh(which="LA")``, float64) or ``auto``
+    (``sparse_auto_solver()``: eigsh when JAX runs on the CPU, chebyshev on an accelerator). Measured on
     the 10-NN graph of the 10000 MNIST test images (PCA-50, nnz 136882; 2-core CPU, load ~5):
     ``spectral`` 0.61 s with chebyshev (7 steps; the solve 0.45 s), 0.27 s with eigsh, against
     scikit-learn's SpectralClustering 7.5 s (4.6 s on one thread); the same clusters from both
