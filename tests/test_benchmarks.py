@@ -193,3 +193,32 @@ def test_readme_speed_table_is_generated_from_the_saved_full_run(tmp_path, monke
     err = capsys.readouterr().err
     assert err.startswith("error: run_all: ") and "plain.md" in err and len(err.splitlines()) == 1
     assert plain.read_text() == "no markers\n"
+
+
+
+class _Parsed(Exception):
+    """Raised in place of parsing: carries the parser a script built."""
+
+
+def test_every_suite_script_loads_and_accepts_its_run_all_arguments(monkeypatch):
+    """CI cannot afford run_all --quick (minutes): each script of the suite is loaded (its imports
+    and definitions run) and the parser its main builds accepts run_all's full and quick
+    arguments, so a broken import or a renamed option fails here; the README test above checks
+    each stage's JSON keys against its rows function."""
+    import argparse
+    import inspect
+    monkeypatch.syspath_prepend(str(BENCH))
+    import run_all
+    real_parse = argparse.ArgumentParser.parse_args
+
+    def capture(self, args=None, namespace=None):
+        raise _Parsed(self)
+    for bench in run_all.SUITE:
+        main = runpy.run_path(str(BENCH / bench.script), run_name="suite_check")["main"]
+        for args in {bench.full, bench.quick}:
+            monkeypatch.setattr(sys, "argv", [bench.script, *args])
+            monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+            with pytest.raises(_Parsed) as got:
+                main(list(args)) if inspect.signature(main).parameters else main()
+            monkeypatch.setattr(argparse.ArgumentParser, "parse_args", real_parse)
+            real_parse(got.value.args[0], list(args))       # SystemExit(2) on a bad option
