@@ -14,24 +14,29 @@ __all__ = ["knn_classify", "knn_graph"]
 _BLOCK_ENTRIES = 1 << 24
 
 
-@functools.partial(jax.jit, static_argnames=("k", "n_classes", "block"))
-def _knn_votes(train_x, train_y, test_x, k: int, n_classes: int, block: int):
-    """Majority class among the k nearest training rows of each test row -> (M,) class index.
-
-    Ties in the vote go to the smallest class index (scikit-learn's rule)."""
+@functools.partial(jax.jit, static_argnames=("k", "block"))
+def _nearest_rows(train_x, queries, k: int, block: int):
+    """Indices (M, k) int32 of the k rows of train_x (N, D) nearest to each row of queries (M, D),
+    nearest first: per block of query rows one score GEMM + ``lax.top_k``."""
     train_sq = jnp.sum(train_x * train_x, axis=1)
-    m = test_x.shape[0]
+    m = queries.shape[0]
     nb = -(-m // block)
-    xb = jnp.pad(test_x, ((0, nb * block - m), (0, 0))).reshape(nb, block, -1)
+    qb = jnp.pad(queries, ((0, nb * block - m), (0, 0))).reshape(nb, block, -1)
 
     def one_block(t):
         # ||t||^2 is constant per row and does not change the ranking.
-        score = 2.0 * (t @ train_x.T) - train_sq[None, :]
-        _, idx = jax.lax.top_k(score, k)
-        votes = jax.nn.one_hot(train_y[idx], n_classes, dtype=jnp.int32).sum(axis=1)
-        return jnp.argmax(votes, axis=1)
+        return jax.lax.top_k(2.0 * (t @ train_x.T) - train_sq[None, :], k)[1]
 
-    return jax.lax.map(one_block, xb).reshape(-1)[:m]
+    return jax.lax.map(one_block, qb).reshape(nb * block, k)[:m]
+
+
+@functools.partial(jax.jit, static_argnames=("k", "n_classes", "block"))
+def _knn_votes(train_x, train_y, test_x, k: int, n_classes: int, block: int):
+    """Majority class among the k nearest training rows of each test row -> (M,) class index.
+    Ties in the vote go to the smallest class index (scikit-learn's rule)."""
+    idx = _nearest_rows(train_x, test_x, k, block)
+    votes = jax.nn.one_hot(train_y[idx], n_classes, dtype=jnp.int32).sum(axis=1)
+    return jnp.argmax(votes, axis=1)
 
 
 def knn_classify(train_x, train_y, test_x, k: int = 5):
@@ -58,21 +63,6 @@ def knn_classify(train_x, train_y, test_x, k: int = 5):
     return jnp.asarray(classes)[idx]
 
 
-@functools.partial(jax.jit, static_argnames=("k", "block"))
-def _knn_indices(x, k: int, block: int):
-    """Indices (N, k) int32 of the k nearest rows of x (N, D) to each row of x, nearest first
-    (the row itself included): the score GEMM of ``_knn_votes`` over row blocks + ``lax.top_k``."""
-    sq = jnp.sum(x * x, axis=1)
-    n = x.shape[0]
-    nb = -(-n // block)
-    xb = jnp.pad(x, ((0, nb * block - n), (0, 0))).reshape(nb, block, -1)
-
-    def one_block(t):
-        return jax.lax.top_k(2.0 * (t @ x.T) - sq[None, :], k)[1]
-
-    return jax.lax.map(one_block, xb).reshape(nb * block, k)[:n]
-
-
 def knn_graph(x, n_neighbors: int = 10, *, include_self: bool = True, symmetric: bool = True):
     """kNN connectivity graph of x (N, D) -> ``scipy.sparse.csr_matrix`` (N, N) float64.
 
@@ -96,7 +86,7 @@ def knn_graph(x, n_neighbors: int = 10, *, include_self: bool = True, symmetric:
         x = x.astype(jnp.float32)
     k = int(n_neighbors) + extra
     block = int(max(1, min(n, _BLOCK_ENTRIES // n)))
-    idx = np.array(_knn_indices(x, k, block))
+    idx = np.array(_nearest_rows(x, x, k, block))
     if not include_self:       # drop the row itself (or, when a duplicate outranked it, the last)
         own = idx == np.arange(n)[:, None]
         drop = np.where(own.any(axis=1), own.argmax(axis=1), k - 1)

@@ -42,11 +42,15 @@ def _normalised_adjacency(a):
     return dinv[:, None] * a * dinv[None, :]
 
 
-def _unit_rows(u, affinity):
-    """Rows of u (N, k) scaled to unit length; the rows of isolated nodes (degree 0) set to 0
+def _isolated(affinity):
+    """(N,) bool: the nodes of degree 0 in the symmetrised dense affinity (N, N)."""
+    return (affinity + affinity.T).sum(axis=1) == 0
+
+
+def _unit_rows(u, isolated):
+    """Rows of u (N, k) scaled to unit length; the rows of isolated nodes (mask (N,)) set to 0
     (their tiny eigenvector entries would otherwise be scaled up to unit rows)."""
     xp = jnp if isinstance(u, jax.Array) else np
-    isolated = (affinity + affinity.T).sum(axis=1) == 0
     norm = xp.linalg.norm(u, axis=1, keepdims=True)
     return xp.where(isolated[:, None], 0.0, u / xp.where(norm > 0, norm, 1.0))
 
@@ -54,7 +58,7 @@ def _unit_rows(u, affinity):
 @functools.partial(jax.jit, static_argnames=("n_components",))
 def _embedding_eigh(affinity, n_components: int):
     _, vecs = jnp.linalg.eigh(_normalised_adjacency(affinity))
-    return _unit_rows(vecs[:, -n_components:], affinity)
+    return _unit_rows(vecs[:, -n_components:], _isolated(affinity))
 
 
 SHIFT = 1e-9           # shift-invert: sigma = 1 + SHIFT just above the top eigenvalue (1)
@@ -255,9 +259,16 @@ def _sparse_embedding(a, n_components: int, solver: str):
     if solver != "eigsh":
         got = leading_eigvecs_chebyshev(m, n_components, max_iter=CHEB_MAX_ITER, tol=CHEB_TOL)
     u = got[0].astype(np.float64) if got is not None else leading_eigvecs_eigsh(m, n_components)[0]
-    norm = np.linalg.norm(u, axis=1, keepdims=True)
-    u = np.where(isolated[:, None], 0.0, u / np.where(norm > 0, norm, 1.0))
-    return jnp.asarray(u, jnp.float32)
+    return jnp.asarray(_unit_rows(u, isolated), jnp.float32)
+
+
+SPARSE_SOLVERS = ("auto", "chebyshev", "eigsh")
+
+
+def _check_sparse_solver(solver, fn: str):
+    if solver not in SPARSE_SOLVERS:
+        raise ValueError(f"{fn}: solver for a sparse affinity must be auto, chebyshev or eigsh, "
+                         f"got {solver!r}")
 
 
 @renamed_kwarg("k", "n_components")
@@ -286,9 +297,7 @@ def spectral_embedding(affinity, n_components: int, *, solver: str = "auto"):
     solvers (ACC 0.703). On a CPU ``solver="eigsh"`` is the faster one (docs/cluster.md).
     """
     if _is_sparse(affinity):
-        if solver not in ("auto", "chebyshev", "eigsh"):
-            raise ValueError("spectral_embedding: solver for a sparse affinity must be auto, chebyshev "
-                             f"or eigsh, got {solver!r}")
+        _check_sparse_solver(solver, "spectral_embedding")
         a = _sparse_affinity(affinity, "spectral_embedding")
         _check_n(n_components, a.shape[0], "spectral_embedding", "n_components")
         return _sparse_embedding(a, int(n_components), solver)
@@ -304,7 +313,7 @@ def spectral_embedding(affinity, n_components: int, *, solver: str = "auto"):
     got = leading_eigvecs_shift_invert(_normalised_adjacency(a), int(n_components))
     if got is None:
         return _embedding_eigh(jnp.asarray(affinity), int(n_components))
-    return jnp.asarray(_unit_rows(got[0], a), jnp.float32)
+    return jnp.asarray(_unit_rows(got[0], _isolated(a)), jnp.float32)
 
 
 def _check_n(n_clusters, n: int, fn: str, name: str):
@@ -324,9 +333,10 @@ def spectral(affinity, n_clusters: int, *, key, n_init: int = 10,
     solver: the eigensolver of ``spectral_embedding``. ``k=`` is a deprecated alias of ``n_clusters``.
     """
     if _is_sparse(affinity):
+        _check_sparse_solver(solver, "spectral")
         a = _sparse_affinity(affinity, "spectral")
         _check_n(n_clusters, a.shape[0], "spectral", "n_clusters")
-        emb = spectral_embedding(a, int(n_clusters), solver=solver)
+        emb = _sparse_embedding(a, int(n_clusters), solver)
         return kmeans(emb, int(n_clusters), key=key, n_init=n_init).labels
     a = _check_square(affinity, "affinity")
     _check_n(n_clusters, a.shape[0], "spectral", "n_clusters")
