@@ -7,6 +7,7 @@ Unknown keys are an error that names the key, the file and the valid choices.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import pathlib
 from typing import Any, Mapping, TypeVar
@@ -73,8 +74,18 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
 
 
+# Fields renamed to the shared vocabulary (docs/studies.md, "One vocabulary"): old name -> new.
+# A YAML file or a run's saved config.yaml may use the old name; the command line refuses the
+# old option with a line naming the new one.
+RENAMED = {"n_cluster": "cluster_limit", "clusters": "n_clusters", "kmeans_init": "kmeans_n_init",
+           "eval_batch": "eval_batch_size", "classifier_batch": "classifier_batch_size",
+           "ae_batch": "ae_batch_size", "data_seed": "subset_seed"}
+
+
 def _checked(cls, values: Mapping[str, Any], source: str) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {RENAMED[k] if k not in fields and RENAMED.get(k) in fields and RENAMED[k] not in values
+              else k: v for k, v in values.items()}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {source}; valid keys: {sorted(fields)}")
@@ -121,18 +132,70 @@ def _kind(annotation: Any) -> tuple[str, bool]:
     return (kinds[0] if len(kinds) == 1 else text), "None" in parts
 
 
+# ----------------------------------------------------------------------------- one vocabulary
+# Every study names the same thing the same way (docs/studies.md, "One vocabulary"); the options of
+# each command line are shown in these sections, in this order.
+SECTIONS = ("model", "data", "training", "evaluation", "run")
+# The parameters of a training stage; a study with several stages prefixes them with the stage
+# (S2 resnet_*, S3 ae_*, S4 pretrain_* / finetune_*, S5 classifier_* / ae_*).
+TRAINING_PARAMS = ("epochs", "iters", "lr", "batch_size", "optimizer", "momentum", "weight_decay",
+                   "schedule", "warmup_epochs", "label_smoothing", "adam_eps", "augment", "crop_pad",
+                   "last_batch", "noise_std", "noisy_target", "aux_weight", "lambda1", "lambda2",
+                   "freeze_encoder", "carry_adam_state", "backbone_lr_scale", "pretrained",
+                   "pretrained_dir", "scan_epoch")
+STAGES = ("resnet", "ae", "pretrain", "finetune", "classifier")
+_DATA = ("dataset", "path", "dataset_options", "subset_seed", "image_size", "unlabeled_split",
+         "labels_fraction", "label_sampling", "pixel_max")
+_EVALUATION = ("n_clusters", "cluster_limit", "ro", "d", "alpha", "precisions", "pool_sizes")
+_RUN = ("seed", "checkpoint_every", "keep_checkpoints", "progress", "feature_cache")
+
+
+def section_of(name: str) -> str:
+    """The ``--help`` section (one of SECTIONS) of config field ``name``: data (the dataset, its
+    subsets ``*_limit`` / ``*_per_class`` and their seed), training (TRAINING_PARAMS, bare or with
+    a stage prefix), evaluation (``eval_*``, ``kmeans_*``, ``knn_*``, ``tsne*``, clustering),
+    run (seed, checkpoints, progress, caches); model otherwise."""
+    stage, _, param = name.partition("_")
+    if name in _RUN:
+        return "run"
+    if name in _EVALUATION or stage in ("eval", "kmeans", "knn") or name.startswith("tsne"):
+        return "evaluation"
+    if name in _DATA or stage == "supervised" or name.endswith(("_per_class", "_limit")):
+        return "data"
+    if name in TRAINING_PARAMS or (stage in STAGES and param in TRAINING_PARAMS):
+        return "training"
+    return "model"
+
+
+class _Renamed(argparse.Action):
+    """An option renamed to the shared vocabulary (RENAMED): one error naming the new option."""
+
+    def __init__(self, *args, new_flag: str, **kwargs):
+        super().__init__(*args, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.new_flag = new_flag
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise argparse.ArgumentError(self, f"was renamed {self.new_flag}")
+
+
 def add_config_options(parser, cls, *, skip: tuple[str, ...] = ()) -> None:
-    """One ``--field-name`` option per field of dataclass ``cls`` (fields in ``skip`` left out):
-    the help is the field's ``metadata["help"]`` plus its default; bools get ``--x/--no-x``;
-    dict fields take repeatable ``KEY=VALUE`` (YAML scalars; ``dataset_options`` also answers to
-    the singular ``--dataset-option``). Every option defaults to None, so ``config_overrides``
-    keeps only what the user typed and the YAML/defaults fill the rest."""
-    import argparse
+    """One ``--field-name`` option per field of dataclass ``cls`` (fields in ``skip`` left out),
+    in the ``--help`` sections of ``section_of``: the help is the field's ``metadata["help"]``
+    plus its default; bools get ``--x/--no-x``; dict fields take repeatable ``KEY=VALUE`` (YAML
+    scalars; ``dataset_options`` also answers to the singular ``--dataset-option``). Every option
+    defaults to None, so ``config_overrides`` keeps only what the user typed and the
+    YAML/defaults fill the rest. An option renamed in RENAMED is refused with its new name."""
     defaults = cls()
+    groups = {name: parser.add_argument_group(f"{name} options") for name in SECTIONS}
+    old_names = {new: old for old, new in RENAMED.items()}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
+        if f.name in old_names:
+            parser.add_argument("--" + old_names[f.name].replace("_", "-"), action=_Renamed,
+                                new_flag=flag, dest="renamed_" + f.name)
+        group = groups[section_of(f.name)]
         kind, optional = _kind(f.type)
         text = f.metadata.get("help", "")
         default = f.metadata.get("cli_default", getattr(defaults, f.name))
@@ -140,23 +203,23 @@ def add_config_options(parser, cls, *, skip: tuple[str, ...] = ()) -> None:
         if isinstance(default, tuple):
             shown = f" (default: {' '.join(map(str, default)) or 'none'})"
         if kind == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{text}{shown}")
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{text}{shown}")
         elif kind.startswith("tuple["):
             typ = {"tuple[int, ...]": int, "tuple[float, ...]": float}.get(kind, str)
-            parser.add_argument(flag, type=typ, nargs="*", default=None, metavar="V",
-                                help=f"{text}{shown}")
+            group.add_argument(flag, type=typ, nargs="*", default=None, metavar="V",
+                               help=f"{text}{shown}")
         elif kind == "dict":
             flags = (flag, flag[:-1]) if flag.endswith("-options") else (flag,)
-            parser.add_argument(*flags, dest=f.name, action="append", default=None,
-                                metavar="KEY=VALUE", help=f"{text} (repeatable)")
+            group.add_argument(*flags, dest=f.name, action="append", default=None,
+                               metavar="KEY=VALUE", help=f"{text} (repeatable)")
         else:
             typ = {"int": int, "float": float}.get(kind, str)
             if optional:
                 typ = _or_none(typ)
             choices = f.metadata.get("choices")
-            parser.add_argument(flag, type=typ, default=None, choices=choices,
-                                metavar=f.name.upper() if choices is None else None,
+            group.add_argument(flag, type=typ, default=None, choices=choices,
+                               metavar=f.name.upper() if choices is None else None,
                                 help=f"{text}{shown}")
 
 

@@ -58,7 +58,7 @@ def main(argv=None):
     except Exception:
         test_images, test_labels = images[:10000], np.arange(min(10000, len(images))) % 10
     n = a.n_cluster
-    cfg = s1.S1Config(model=a.model, batch_size=a.batch, n_cluster=n, progress=False)
+    cfg = s1.S1Config(model=a.model, batch_size=a.batch, cluster_limit=n, progress=False)
     model = s1.build_model(cfg, (28, 28, 1))
     mesh = train.make_mesh()
     state = train.create_train_state(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)),

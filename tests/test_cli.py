@@ -211,7 +211,7 @@ def test_failed_run_leaves_nothing_then_the_corrected_call_works(tmp_path):
 def test_tables_say_their_scale():
     from aeclust_jax.studies import dsc, pretrain, skip_ae
     settings = {"seeds": 1, "epochs": [1], "batch_size": [32], "optimizer": "adam", "lr": None,
-                "train_limit": 0, "n_cluster": 40, "platform": "cpu", "machine": "x"}
+                "train_limit": 0, "cluster_limit": 40, "platform": "cpu", "machine": "x"}
     header = [l for l in skip_ae.markdown_table([], settings, []).splitlines() if l.startswith("| dataset")][0]
     assert header.count("(0-100)") == 5                # NMI/ACC/ARI columns, stored 0-1 in JSON
     assert "ACC (0-1" in dsc.markdown_table([]) and "NMI (0-1" in dsc.markdown_table([])
@@ -291,6 +291,76 @@ def test_every_study_has_one_option_per_config_field_with_help(study):
         assert f.metadata.get("help"), (study, f.name)
     entry = next(s for s in STUDIES if s.module == study)
     assert entry.load() is mod and all(cli.MODEL_STUDY[m] == study for m in entry.models)
+
+
+def _study_configs():
+    import dataclasses
+    import importlib
+
+    from aeclust_jax.studies import STUDIES
+    for s in STUDIES:
+        mod = importlib.import_module(f"aeclust_jax.studies.{s.module}")
+        (cls,) = [v for k, v in vars(mod).items() if k.endswith("Config") and
+                  dataclasses.is_dataclass(v) and v.__module__.startswith(mod.__name__)]
+        yield s.module, mod, cls
+
+
+def test_every_study_config_speaks_the_one_vocabulary():
+    """docs/studies.md, "One vocabulary": a batch size is ``[<stage>_]batch_size``, a training
+    parameter of a stage is ``<stage>_<param>`` with a known stage, the cluster count is
+    ``n_clusters``, K-means restarts ``kmeans_n_init``, a subset's seed ``subset_seed``, a
+    ``*_limit`` caps a count at N with 0 = all. (Before the renames this failed on S1's
+    n_cluster, S2's clusters / kmeans_init, S5's classifier_batch / ae_batch / data_seed, S3's
+    None-means-all limits.)"""
+    import dataclasses
+
+    from aeclust_jax.config import RENAMED, STAGES, TRAINING_PARAMS, section_of
+    for study, _, cls in _study_configs():
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            name, where = f.name, (study, f.name)
+            assert name not in RENAMED, where
+            if "batch" in name:
+                assert name.endswith("batch_size") or name == "last_batch", where
+            if "cluster" in name:
+                assert name in ("n_clusters", "cluster_limit"), where
+            if "n_init" in name or "restart" in f.metadata["help"].lower():
+                assert name == "kmeans_n_init", where
+            if name.endswith("seed"):
+                assert name in ("seed", "subset_seed"), where
+            if name.endswith("_limit"):
+                assert " N " in f.metadata["help"] and "0: all" in f.metadata["help"], where
+            stage, _, param = name.partition("_")
+            if param in TRAINING_PARAMS and name not in TRAINING_PARAMS:     # <stage>_<param>
+                assert stage in STAGES + ("eval",), where
+                assert section_of(name) == ("evaluation" if stage == "eval" else "training"), where
+
+
+def test_help_is_in_sections_and_renamed_options_name_their_new_name(tmp_path, capsys):
+    """Every study's --help shows its options under the same sections; an old option name is one
+    error naming the new one; a config file or a run's saved config.yaml with an old key loads
+    into the new field."""
+    from aeclust_jax.config import SECTIONS, section_of
+    from aeclust_jax.studies.skip_ae import S1Config
+    for study, mod, cls in _study_configs():
+        text = mod.train_parser().format_help()
+        shown = [s for s in SECTIONS if f"\n{s} options:\n" in text]
+        assert shown == [s for s in SECTIONS if any(section_of(f) == s for f in
+                                                    cls.__dataclass_fields__)], study
+    assert section_of("resnet_lr") == section_of("pretrain_batch_size") == "training"
+    assert section_of("kmeans_n_init") == section_of("eval_batch_size") == "evaluation"
+    assert section_of("test_per_class") == section_of("train_limit") == "data"
+    assert section_of("subset_seed") == "data" and section_of("seed") == "run"
+    assert run_main(cli.train_main, ["--model", "dae_skip", "--n-cluster", "40"]) == 2
+    assert _error_lines(capsys.readouterr().err) == [
+        "error: argument --n-cluster: was renamed --cluster-limit (see train.py --help)"]
+    saved = tmp_path / "config.yaml"
+    saved.write_text("n_cluster: 40\neval_batch: 64\nepochs: 2\n")
+    cfg = load_config(S1Config, saved)
+    assert (cfg.cluster_limit, cfg.eval_batch_size, cfg.epochs) == (40, 64, 2)
+    saved.write_text("n_cluster: 40\ncluster_limit: 50\n")        # both: the old one is unknown
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['n_cluster'\]"):
+        load_config(S1Config, saved)
 
 
 @pytest.mark.parametrize("study", [s.module for s in __import__("aeclust_jax.studies",

@@ -83,7 +83,7 @@ def test_wheel_installs_and_runs(tmp_path):
     env.update(AECLUST_MANUAL_DIR=str(tmp_path / "raw"), AECLUST_DATA_DIR=str(tmp_path / "data"))
     out = tmp_path / "run"
     p = _run([bin_dir / "aeclust-train", "--model", "cae", "--dataset", "mnist", "--epochs", "1",
-              "--train-limit", "64", "--n-cluster", "40", "--tsne-backend", "jax",
+              "--train-limit", "64", "--cluster-limit", "40", "--tsne-backend", "jax",
               "--dataset-option", "download=false", "--dataset-option", "verify_checksums=false",
               "--no-progress", "--out", out], env, tmp_path, timeout=600)
     assert f"wrote {out}" in p.stdout

@@ -19,7 +19,7 @@ from aeclust_jax.studies import skip_ae as s1
 REPO = pathlib.Path(__file__).resolve().parents[1]
 METRIC_KEYS = {"psnr", "nmi", "acc", "ari", "nmi_latent", "nmi_latent_skip", "epochs",
                "train_seconds", "images_per_second"}
-TINY = ["--train-limit", "256", "--test-limit", "200", "--n-cluster", "150", "--epochs", "2",
+TINY = ["--train-limit", "256", "--test-limit", "200", "--cluster-limit", "150", "--epochs", "2",
         "--batch-size", "32", "--no-progress"]
 
 
@@ -174,7 +174,7 @@ def test_bad_input_names_the_choices(tmp_path):
 
 def test_reproduce_tiny(real_manual_dir, tmp_path):
     args = ["--datasets", "mnist", "--models", "cae", "cae_skip", "--seeds", "1", "--epochs", "2",
-            "--train-limit", "256", "--test-limit", "200", "--n-cluster", "150", "--eval-every", "1",
+            "--train-limit", "256", "--test-limit", "200", "--cluster-limit", "150", "--eval-every", "1",
             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "res"), "--no-progress"]
     assert s1.reproduce_main(args) == 0
     res = runs.read_json(tmp_path / "res" / "results.json")

@@ -170,7 +170,7 @@ def test_claims():
 def test_train_cli_cae_end_to_end_and_resume_rules(colour_zip, tmp_path, capsys):
     out = tmp_path / "run"
     base = ["--model", "cae_v3", "--dataset", "image_folder", "--path", str(colour_zip),
-            "--train-per-class", "6", "--batch-size", "12", "--epochs", "2", "--clusters", "3",
+            "--train-per-class", "6", "--batch-size", "12", "--epochs", "2", "--n-clusters", "3",
             "--no-progress", "--out", str(out)]
     assert train_main(base) == 0
     assert "knn_accuracy=" in capsys.readouterr().out
@@ -251,7 +251,7 @@ def test_reproduce_paper_layout_on_stl10_like_fixture(tmp_path, monkeypatch, cap
     out, runs_dir = tmp_path / "res", tmp_path / "runs"
     argv = ["s2", "--dataset", "stl10", "--dataset-options", "verify_checksums=false",
             "--unlabeled-split", "unlabeled", "--models", "cae_v3", "--seeds", "2",
-            "--epochs", "1", "--batch-size", "8", "--train-per-class", "4", "--clusters", "3",
+            "--epochs", "1", "--batch-size", "8", "--train-per-class", "4", "--n-clusters", "3",
             "--no-tsne", "--no-progress", "--out", str(out), "--runs", str(runs_dir)]
     assert reproduce_main(argv) == 0
     res = json.loads((out / "results.json").read_text())

@@ -196,7 +196,7 @@ def test_reproduce_setting_b_two_seeds_then_rerun_reuses_everything(tmp_path, mo
     archive = _colour_archive(tmp_path / "colours.zip")
     out, work = tmp_path / "results", tmp_path / "runs"
     argv = ["s5", "--setting", "b", "--seeds", "2", "--path", str(archive), "--train-per-class", "6",
-            "--test-per-class", "4", "--classifier-epochs", "3", "--classifier-batch", "6",
+            "--test-per-class", "4", "--classifier-epochs", "3", "--classifier-batch-size", "6",
             "--ae-epochs", "2", "--widths", "8", "--precisions", "float32", "int4",
             "--out", str(out), "--runs", str(work), "--no-progress"]
     assert reproduce_main(argv) == 0

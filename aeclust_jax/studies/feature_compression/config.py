@@ -30,23 +30,23 @@ class FeatureCompressionConfig:
     image_size: int = field(224, "resize the images to S x S on the device (0: as stored)")
     train_per_class: int = field(300, "seeded class-balanced training subset, images per class")
     test_per_class: int = field(100, "seeded class-balanced test subset, images per class")
-    data_seed: int = field(0, "seed of the two subsets (and of a VGG's training: trained once)")
+    subset_seed: int = field(0, "seed of the two subsets (and of a VGG's training: trained once)")
     classifier_epochs: int = field(30, "epochs of the head (efficientnet) or of the VGG training")
     classifier_lr: float = field(1e-3, "peak learning rate of the head / the VGG")
     classifier_optimizer: str = field("adam", "optimizer of the head / the VGG",
                                    choices=("sgd", "adam", "adamw"))
-    classifier_batch: int = field(128, "batch size of the head / the VGG")
+    classifier_batch_size: int = field(128, "batch size of the head / the VGG")
     widths: tuple = field((256, 128, 64, 32, 16), "AE bottleneck widths (code channels)")
     hidden: int = field(256, "AE width of the two 1x1 layers' middle (the seed: C/2)")
     kernel: int = field(3, "AE k x k VALID conv (7x7 -> 5x5 for k = 3)")
     precisions: tuple = field(("float32", "float16", "int8", "int4"), "code precisions")
     ae_epochs: int = field(10, "AE epochs (the seed's 10)")
     ae_lr: float = field(1e-4, "AE Adam learning rate (the seed's 1e-4)")
-    ae_batch: int = field(4, "AE batch size (the seed's 4)")
+    ae_batch_size: int = field(4, "AE batch size (the seed's 4)")
     pool_sizes: tuple = field((), "average-pooling baseline grid sizes (empty: the AE code's grid)")
     seed: int = field(0, "seed of the AE inits and of the efficientnet head")
     feature_cache: str = field("", "folder of the cached feature maps ('' = <out>/../features)")
-    eval_batch: int = field(250, "batch size of extraction and evaluation")
+    eval_batch_size: int = field(250, "batch size of extraction and evaluation")
     progress: bool = field(True, "progress bars and stage lines")
 
     def resolved_layer(self) -> str:
@@ -83,8 +83,8 @@ class FeatureCompressionConfig:
             raise ConfigError(f"unknown precision(s) {bad}; choices: {', '.join(PRECISIONS)}")
         if any(not isinstance(s, int) or s < 1 for s in self.pool_sizes):
             raise ConfigError(f"pool_sizes must be positive integers, got {list(self.pool_sizes)}")
-        for name in ("train_per_class", "test_per_class", "classifier_epochs", "classifier_batch",
-                     "hidden", "kernel", "ae_epochs", "ae_batch", "eval_batch"):
+        for name in ("train_per_class", "test_per_class", "classifier_epochs", "classifier_batch_size",
+                     "hidden", "kernel", "ae_epochs", "ae_batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size < 0:
@@ -101,17 +101,17 @@ class FeatureCompressionConfig:
 SETTINGS = {
     "a": dict(backbone="efficientnet_lite0", weights="imagenet", layer="features", image_size=224,
               train_per_class=300, test_per_class=100, classifier_epochs=30, classifier_lr=1e-3,
-              classifier_optimizer="adam", classifier_batch=128, widths=(128, 64, 32, 16),
+              classifier_optimizer="adam", classifier_batch_size=128, widths=(128, 64, 32, 16),
               hidden=256, pool_sizes=(5, 3, 1)),
     "b": dict(backbone="vgg16_bn", weights="train", layer="block4", image_size=0,
               train_per_class=100, test_per_class=50, classifier_epochs=2, classifier_lr=3e-4,
-              classifier_optimizer="adam", classifier_batch=50, widths=(256, 64, 16),
+              classifier_optimizer="adam", classifier_batch_size=50, widths=(256, 64, 16),
               hidden=256, pool_sizes=(2, 1)),
     # the seed: VGG16 (ImageNet weights from torchvision, fine-tuned: Adam 1e-5, 100 epochs,
     # batch 4) on CIFAR-10 at 224 px, 12500 train / 2500 test images, the 512x7x7 map.
     "paper": dict(backbone="vgg16", weights="", layer="features", image_size=224,
                   train_per_class=1250, test_per_class=250, classifier_epochs=100,
-                  classifier_lr=1e-5, classifier_optimizer="adam", classifier_batch=4,
+                  classifier_lr=1e-5, classifier_optimizer="adam", classifier_batch_size=4,
                   widths=(128, 64, 32, 16), hidden=256, pool_sizes=(5, 3, 1)),
 }
 SETTING_TITLE = {

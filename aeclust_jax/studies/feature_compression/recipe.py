@@ -30,7 +30,7 @@ SEED_COMPRESSION = 1 - (128 * 5 * 5) / (512 * 7 * 7)          # 0.872
 # ----------------------------------------------------------------------------- data
 
 def load_subsets(cfg: FeatureCompressionConfig):
-    """(train Dataset, test Dataset): seeded class-balanced subsets (``data_seed``)."""
+    """(train Dataset, test Dataset): seeded class-balanced subsets (``subset_seed``)."""
     from aeclust_jax.data import balanced_subset, load
     opts = {"path": cfg.path} if cfg.dataset == "image_folder" else {}
     tr, te = (load(cfg.dataset, split, progress=cfg.progress, **opts) for split in ("train", "test"))
@@ -42,7 +42,7 @@ def load_subsets(cfg: FeatureCompressionConfig):
         if counts.min() < n:
             raise ConfigError(f"{n} images per class asked, but a class of {cfg.dataset} has only "
                               f"{counts.min()} in a split; lower --train-per-class/--test-per-class")
-        rows = balanced_subset(ds.labels, n, cfg.data_seed)
+        rows = balanced_subset(ds.labels, n, cfg.subset_seed)
         out.append(dataclasses.replace(ds, images=ds.images[rows], labels=ds.labels[rows]))
     return out[0], out[1]
 
@@ -77,7 +77,7 @@ def train_head(cfg, f_train: np.ndarray, y_train: np.ndarray, num_classes: int, 
     tx = sup.make_classifier_optimizer(cfg.classifier_optimizer, cfg.classifier_lr)
     k_init, k_fit = jax.random.split(key)
     state = train.create_train_state(head, k_init, jnp.zeros((1,) + f_train.shape[1:]), tx)
-    batch = min(cfg.classifier_batch, len(f_train))
+    batch = min(cfg.classifier_batch_size, len(f_train))
     result = train.fit(state, {"feature": f_train, "label": y_train.astype(np.int32)},
                        _ce_loss(head), batch_size=batch, epochs=cfg.classifier_epochs, key=k_fit,
                        scan_epoch=True, history_path=history_path)
@@ -90,11 +90,11 @@ def supervised_config(cfg: FeatureCompressionConfig):
     return SupervisedConfig(
         model=cfg.backbone, dataset=cfg.dataset, path=cfg.path, image_size=cfg.image_size,
         pretrained="" if cfg.weights == "train" else cfg.weights, epochs=cfg.classifier_epochs,
-        batch_size=min(cfg.classifier_batch, cfg.train_per_class * 10),
+        batch_size=min(cfg.classifier_batch_size, cfg.train_per_class * 10),
         optimizer=cfg.classifier_optimizer, lr=cfg.classifier_lr,
         weight_decay=5e-4 if cfg.classifier_optimizer == "sgd" else 0.0,
         train_per_class=cfg.train_per_class, test_limit=cfg.test_per_class * 10,
-        seed=cfg.data_seed, eval_every=cfg.classifier_epochs, eval_batch=cfg.eval_batch,
+        seed=cfg.subset_seed, eval_every=cfg.classifier_epochs, eval_batch_size=cfg.eval_batch_size,
         checkpoint_every=cfg.classifier_epochs, keep_checkpoints=1, progress=cfg.progress)
 
 
@@ -132,7 +132,7 @@ def classify_fn(cfg: FeatureCompressionConfig, model, variables):
 
     def classify(f):
         return np.asarray(train.predict(fn, variables, {"feature": np.asarray(f)},
-                                        batch_size=cfg.eval_batch, mesh=mesh))
+                                        batch_size=cfg.eval_batch_size, mesh=mesh))
     return classify
 
 
@@ -163,7 +163,7 @@ def _mse_loss(ae):
 def train_ae(cfg, f_train: np.ndarray, width: int, *, key, checkpoint_dir=None, resume=False,
              history_path=None):
     """(ae, params, history): a FeatureAE of ``width`` trained on the maps (N, H, W, C) with MSE
-    (Adam ``ae_lr``, ``ae_epochs`` epochs of batch ``ae_batch``, the last batch padded)."""
+    (Adam ``ae_lr``, ``ae_epochs`` epochs of batch ``ae_batch_size``, the last batch padded)."""
     ae = FeatureAE(channels=f_train.shape[-1], width=width, hidden=cfg.hidden, kernel=cfg.kernel)
     k_init, k_fit = jax.random.split(key)
     tx = train.make_optimizer("adam", cfg.ae_lr)
@@ -171,7 +171,7 @@ def train_ae(cfg, f_train: np.ndarray, width: int, *, key, checkpoint_dir=None, 
     ckpt = (train.Checkpointer(checkpoint_dir, every=cfg.ae_epochs, keep=1)
             if checkpoint_dir is not None else None)
     try:
-        result = train.fit(state, {"feature": f_train}, _mse_loss(ae), batch_size=cfg.ae_batch,
+        result = train.fit(state, {"feature": f_train}, _mse_loss(ae), batch_size=cfg.ae_batch_size,
                            epochs=cfg.ae_epochs, key=k_fit, checkpointer=ckpt,
                            resume=resume and ckpt is not None, scan_epoch=True,
                            history_path=history_path)
@@ -249,7 +249,7 @@ def evaluate_points(cfg, classify, f_test: np.ndarray, y_test: np.ndarray, num_c
     shape = f_test.shape[1:]
     raw_values = int(np.prod(shape))
     energy = float(np.mean(np.asarray(f_test, np.float32) ** 2))
-    batch = cfg.eval_batch
+    batch = cfg.eval_batch_size
     points = []
 
     def add(method, param, precision, values, recon_fn):
@@ -347,7 +347,7 @@ def run(cfg: FeatureCompressionConfig, out: str | pathlib.Path, *, resume: bool 
     times["backbone"] = time.perf_counter() - t
     t = time.perf_counter()
     say(f"extracting '{layer}' of {len(tr)} + {len(te)} images (cache {cache})")
-    opts = dict(layer=layer, image_size=size, batch_size=min(cfg.eval_batch, 64), cache=cache,
+    opts = dict(layer=layer, image_size=size, batch_size=min(cfg.eval_batch_size, 64), cache=cache,
                 dtype="float16", progress=cfg.progress)
     f_train = extract(backbone, bvars, tr.images, **opts)
     f_test = extract(backbone, bvars, te.images, **opts)
@@ -369,7 +369,7 @@ def run(cfg: FeatureCompressionConfig, out: str | pathlib.Path, *, resume: bool 
     aes, ae_seconds = {}, {}
     for i, w in enumerate(cfg.widths):
         t = time.perf_counter()
-        say(f"training the AE of width {w} ({cfg.ae_epochs} epochs, batch {cfg.ae_batch})")
+        say(f"training the AE of width {w} ({cfg.ae_epochs} epochs, batch {cfg.ae_batch_size})")
         ae, params, hist = train_ae(cfg, f_train, w, key=jax.random.fold_in(k_ae, w),
                                     checkpoint_dir=out / "checkpoints" / f"w{w}", resume=resume)
         _append_history(history, f"ae_w{w}", hist)
@@ -477,7 +477,7 @@ def aggregate(per_seed: list[list[dict]]) -> list[dict]:
 
 # ----------------------------------------------------------------------------- CLI
 
-RESUME_MAY_DIFFER = ("progress", "eval_batch")
+RESUME_MAY_DIFFER = ("progress", "eval_batch_size")
 TUPLE_FIELDS = ("widths", "precisions", "pool_sizes")
 
 

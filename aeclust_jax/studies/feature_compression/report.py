@@ -45,8 +45,8 @@ def reproduce_parser():
                                                    "(vgg16-397923af.pth)")
     for name, typ in (("train-per-class", int), ("test-per-class", int),
                       ("classifier-epochs", int), ("ae-epochs", int), ("image-size", int),
-                      ("layer", str), ("kernel", int), ("hidden", int), ("ae-batch", int),
-                      ("classifier-batch", int)):
+                      ("layer", str), ("kernel", int), ("hidden", int), ("ae-batch-size", int),
+                      ("classifier-batch-size", int)):
         p.add_argument(f"--{name}", type=typ, default=None, help="override the setting's value")
     _add_tuple_options(p)
     p.add_argument("--out", default="results/s5", help="where results.json/.md and figures go")
@@ -63,7 +63,7 @@ def setting_configs(a) -> dict[str, FeatureCompressionConfig]:
                          / "cifar10-jpeg.zip")
     over = {k.replace("-", "_"): getattr(a, k.replace("-", "_")) for k in (
         "train-per-class", "test-per-class", "classifier-epochs", "ae-epochs", "image-size",
-        "layer", "kernel", "hidden", "ae-batch", "classifier-batch")}
+        "layer", "kernel", "hidden", "ae-batch-size", "classifier-batch-size")}
     over = {k: v for k, v in over.items() if v is not None}
     over.update(_tuple_overrides(a))
     out = {}

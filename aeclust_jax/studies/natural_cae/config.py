@@ -44,13 +44,13 @@ class S2Config:
     supervised_per_class: int = field(0, "labeled images per class of supervised_dataset (0: all)")
     effnet_size: int = field(128, "efficientnet_lite0: input size (224 = ImageNet's; smaller is "
                                "faster on a CPU and weaker)")
-    clusters: int = field(10, "K of K-means")
+    n_clusters: int = field(10, "K of K-means")
     knn_k: int = field(5, "K of the KNN classifier")
-    kmeans_init: int = field(10, "K-means restarts (best inertia)")
+    kmeans_n_init: int = field(10, "K-means restarts (best inertia)")
     tsne: bool = field(True, "t-SNE figure of the test features")
     feature_cache: str = field("", "folder caching extracted backbone features (empty: none)")
     seed: int = field(0, "seed of the init, the unlabeled subset, shuffling, K-means and t-SNE")
-    eval_batch: int = field(500, "batch size of feature extraction")
+    eval_batch_size: int = field(500, "batch size of feature extraction")
     checkpoint_every: int = field(1, "checkpoint every N epochs")
     progress: bool = field(True, "progress bars and stage lines")
 
@@ -69,8 +69,8 @@ class S2Config:
         if self.unlabeled_split not in UNLABELED_SPLITS:
             raise ConfigError(f"unknown unlabeled_split {self.unlabeled_split!r}; choices: "
                               f"{', '.join(UNLABELED_SPLITS)}")
-        for name in ("epochs", "batch_size", "train_per_class", "eval_batch", "clusters", "knn_k",
-                     "kmeans_init", "checkpoint_every", "effnet_size", "resnet_epochs"):
+        for name in ("epochs", "batch_size", "train_per_class", "eval_batch_size", "n_clusters", "knn_k",
+                     "kmeans_n_init", "checkpoint_every", "effnet_size", "resnet_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("unlabeled_limit", "test_per_class", "image_size", "resnet_warmup_epochs",

@@ -77,8 +77,8 @@ def check_data(cfg: S2Config, data: S2Data) -> None:
                           "unlabeled images")
     if cfg.knn_k > len(data.train_labels):
         raise ConfigError(f"knn_k {cfg.knn_k} exceeds the {len(data.train_labels)} labeled images")
-    if cfg.clusters > len(data.test_labels):
-        raise ConfigError(f"clusters {cfg.clusters} exceeds the {len(data.test_labels)} test images")
+    if cfg.n_clusters > len(data.test_labels):
+        raise ConfigError(f"n_clusters {cfg.n_clusters} exceeds the {len(data.test_labels)} test images")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -183,7 +183,7 @@ def supervised_config(cfg: S2Config):
         backbone_lr_scale=0.1 if cfg.pretrained_dir else 1.0, epochs=cfg.resnet_epochs,
         batch_size=cfg.batch_size, lr=cfg.resnet_lr, warmup_epochs=cfg.resnet_warmup_epochs,
         train_per_class=cfg.supervised_per_class if cross else cfg.train_per_class,
-        seed=cfg.seed, eval_batch=cfg.eval_batch, progress=cfg.progress)
+        seed=cfg.seed, eval_batch_size=cfg.eval_batch_size, progress=cfg.progress)
 
 
 def train_resnet(cfg: S2Config, data: S2Data, out: pathlib.Path, *, resume: bool, mesh):
@@ -225,7 +225,7 @@ def _features(cfg: S2Config, data: S2Data, out: pathlib.Path, resume: bool, mesh
     from aeclust_jax.features import extract
     extra: dict = {}
     cache = cfg.feature_cache or None
-    kw = dict(batch_size=cfg.eval_batch, mesh=mesh)
+    kw = dict(batch_size=cfg.eval_batch_size, mesh=mesh)
     if cfg.model in CAE_MODELS:
         model, params, result = train_cae(cfg, data.unlabeled, out, resume=resume, mesh=mesh)
         recon = reconstruct(model, params, data.test_images, **kw)
@@ -248,12 +248,12 @@ def _features(cfg: S2Config, data: S2Data, out: pathlib.Path, resume: bool, mesh
                      num_params=train.count_params(variables["params"]),
                      train_seconds=sum(r["seconds"] for r in result.history))
         get = lambda im: extract(model, variables, im, layer="embedding", image_size=size,
-                                 cache=cache, batch_size=min(cfg.eval_batch, len(im)), mesh=mesh)
+                                 cache=cache, batch_size=min(cfg.eval_batch_size, len(im)), mesh=mesh)
         return get(data.train_images), get(data.test_images), extra, None
     from aeclust_jax.models import efficientnet_lite0_imagenet
     model, variables = efficientnet_lite0_imagenet(num_classes=0)
     get = lambda im: extract(model, variables, im, image_size=cfg.effnet_size, cache=cache,
-                             batch_size=min(cfg.eval_batch, len(im)), mesh=mesh)
+                             batch_size=min(cfg.eval_batch_size, len(im)), mesh=mesh)
     t0 = time.perf_counter()
     tr, te = get(data.train_images), get(data.test_images)
     extra.update(raw_dim=int(tr.shape[1]), reduction="pca", image_size=cfg.effnet_size,
@@ -284,8 +284,8 @@ def run(cfg: S2Config, out: str | pathlib.Path, *, resume: bool = False,
     tr, te, extra, recon = _features(cfg, data, out, resume, mesh)
     if not (np.isfinite(tr).all() and np.isfinite(te).all()):
         raise train.TrainingDivergedError(cfg.epochs, 0, float("nan"), None)
-    scores = evaluate_features(tr, data.train_labels, te, data.test_labels, k=cfg.clusters,
-                               seed=cfg.seed, knn_k=cfg.knn_k, n_init=cfg.kmeans_init)
+    scores = evaluate_features(tr, data.train_labels, te, data.test_labels, k=cfg.n_clusters,
+                               seed=cfg.seed, knn_k=cfg.knn_k, n_init=cfg.kmeans_n_init)
     clusters = scores.pop("clusters")
     fig = out / "figures"
     if recon is not None:
@@ -305,7 +305,7 @@ def run(cfg: S2Config, out: str | pathlib.Path, *, resume: bool = False,
     metrics = {**scores, **extra, "model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed,
                "feature_dim": int(te.shape[1]), "train_images": len(data.train_labels),
                "test_images": len(data.test_labels),
-               "kmeans_cluster_sizes": np.bincount(clusters, minlength=cfg.clusters).tolist(),
+               "kmeans_cluster_sizes": np.bincount(clusters, minlength=cfg.n_clusters).tolist(),
                "seconds": time.perf_counter() - t0, "scale": runs.SCALE}
     runs.write_json(out / "metrics.json", metrics)
     return metrics
@@ -328,7 +328,7 @@ def _short(scores: dict) -> dict:
 
 # ----------------------------------------------------------------------------- train CLI
 
-RESUME_MAY_DIFFER = ("progress", "tsne", "checkpoint_every", "eval_batch", "feature_cache")
+RESUME_MAY_DIFFER = ("progress", "tsne", "checkpoint_every", "eval_batch_size", "feature_cache")
 
 
 def train_parser():

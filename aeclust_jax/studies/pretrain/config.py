@@ -35,7 +35,7 @@ class S3Config:
     init_std: dense weights ~ N(0, init_std^2), zero biases; None = Flax's LeCun normal.
     optimizer / lr / adam_eps: the engine's ``make_optimizer``; batch_size, epochs (supervised),
         ae_epochs (pretraining; 0 = a random, untrained encoder).
-    train_limit / test_limit: use only the first N train / test images (quick runs, tests).
+    train_limit / test_limit: use only the first N train / test images (0: all; quick runs, tests).
     """
     dataset: str = field("mnist", "dataset name (aeclust_jax.data)")
     model: str = field("mlp_ae", "mlp (classifier only) or mlp_ae (autoencoder pretraining, then "
@@ -61,10 +61,14 @@ class S3Config:
     ae_epochs: int = field(10, "autoencoder epochs (0: a random, untrained encoder)")
     epochs: int = field(10, "supervised epochs")
     seed: int = field(0, "seed of the init, the label subset and the shuffling")
-    train_limit: int | None = field(None, "the first N training images (None: all)")
-    test_limit: int | None = field(None, "the first N test images (None: all)")
+    train_limit: int | None = field(0, "the first N training images (0: all; none, as saved by "
+                                       "older runs, too)")
+    test_limit: int | None = field(0, "the first N test images (0: all; none too)")
 
     def __post_init__(self):
+        for name in ("train_limit", "test_limit"):        # 0 = all, as in every study
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, 0)
         for name in ("hidden_widths", "encoder_widths"):
             v = getattr(self, name)
             object.__setattr__(self, name, (int(v),) if isinstance(v, (int, np.integer))
@@ -84,8 +88,8 @@ class S3Config:
             "batch_size": int(self.batch_size) >= 1,
             "epochs": int(self.epochs) >= 1,
             "ae_epochs": int(self.ae_epochs) >= 0,
-            "train_limit": self.train_limit is None or int(self.train_limit) >= 1,
-            "test_limit": self.test_limit is None or int(self.test_limit) >= 1,
+            "train_limit": int(self.train_limit) >= 0,
+            "test_limit": int(self.test_limit) >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -94,7 +98,7 @@ class S3Config:
                 + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
                 + f" (model in {MODELS}; label_sampling in {LABEL_SAMPLING}; optimizer in {train.OPTIMIZERS};"
                   f" activations in {tuple(ACTIVATIONS)}; 0 < labels_fraction <= 1; widths >= 1; lr, pixel_max,"
-                  " init_std > 0; batch_size, epochs >= 1; ae_epochs >= 0)")
+                  " init_std > 0; batch_size, epochs >= 1; ae_epochs, train_limit, test_limit >= 0)")
 
 
 # ----------------------------------------------------------------------------- the seed's experiments

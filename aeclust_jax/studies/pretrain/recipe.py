@@ -300,7 +300,8 @@ def seed_keys(seed: int) -> dict[str, jax.Array]:
 
 
 def limit(images: np.ndarray, labels: np.ndarray, n: int | None):
-    return (images, labels) if n is None else (images[:n], labels[:n])
+    """The first ``n`` rows of both (0 or None: all)."""
+    return (images[:n], labels[:n]) if n else (images, labels)
 
 
 def run(cfg: S3Config, train_ds, test_ds, *, pretrained=None, progress: bool = False,

@@ -262,8 +262,8 @@ def reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=float, nargs="*", default=list(SWEEP_FRACTIONS),
                    help="labels fractions of the sweep (default 0.001 0.01 0.1 1; none = no sweep)")
     p.add_argument("--tsne-samples", type=int, default=2000, help="test images in the t-SNE figure")
-    p.add_argument("--train-limit", type=int, help="use the first N training images (quick runs; default: all)")
-    p.add_argument("--test-limit", type=int, help="evaluate on the first N test images (default: all)")
+    p.add_argument("--train-limit", type=int, help="use the first N training images (quick runs; 0, the default: all)")
+    p.add_argument("--test-limit", type=int, help="evaluate on the first N test images (0, the default: all)")
     grid.add_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p

@@ -45,13 +45,13 @@ class S1Config:
                           choices=UPSAMPLE_METHODS)
     train_limit: int = field(0, "the first N training images (0: all)")
     test_limit: int = field(0, "PSNR on the first N test images (0: all)")
-    n_cluster: int = field(3000, "the first N test images for t-SNE / K-means")
+    cluster_limit: int = field(3000, "the first N test images for t-SNE / K-means (0: all)")
     kmeans_n_init: int = field(10, "K-means restarts")
     tsne_backend: str = field("auto", "t-SNE backend", choices=TSNE_BACKENDS)
     tsne_iter: int = field(750, "t-SNE iterations after the 250 of early exaggeration "
                                 "(scikit-learn's 1000 in all)")
     eval_every: int = field(0, "PSNR + NMI into history.jsonl every N epochs (0: off; Fig. 4)")
-    eval_batch: int = field(1000, "batch size of evaluation")
+    eval_batch_size: int = field(1000, "batch size of evaluation")
     checkpoint_every: int = field(5, "checkpoint every N epochs")
     keep_checkpoints: int = field(3, "checkpoints kept")
     dataset_options: dict = field(dict, "options of the dataset builder, e.g. train_per_class=100")
@@ -68,11 +68,11 @@ class S1Config:
                                      ("tsne_backend", self.tsne_backend, TSNE_BACKENDS)):
             if value not in choices:
                 raise ConfigError(f"unknown {name} {value!r}; choices: {', '.join(choices)}")
-        for name in ("epochs", "batch_size", "n_cluster", "kmeans_n_init", "eval_batch",
+        for name in ("epochs", "batch_size", "kmeans_n_init", "eval_batch_size",
                      "checkpoint_every", "keep_checkpoints", "tsne_iter"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("train_limit", "test_limit", "eval_every"):
+        for name in ("train_limit", "test_limit", "cluster_limit", "eval_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
         if self.noise_std < 0:
@@ -99,9 +99,9 @@ class S1Config:
             raise ConfigError(f"batch_size {self.batch_size} exceeds the {len(train_images)} training "
                               "images with last_batch=drop")
         n_test = min(len(test.images), self.test_limit or len(test.images))
-        n = min(self.n_cluster, n_test)
+        n = min(self.cluster_limit or n_test, n_test)
         if n <= 30 or n < test.num_classes:
-            raise ConfigError(f"{n} test images to cluster (n_cluster {self.n_cluster}, test images "
+            raise ConfigError(f"{n} test images to cluster (cluster_limit {self.cluster_limit}, test images "
                               f"{n_test}): t-SNE (perplexity 30) and K-means (k = {test.num_classes}) "
                               f"need more than {max(30, test.num_classes - 1)}")
         if self.tsne_backend != "auto" and self.tsne_backend not in tsne_backends():

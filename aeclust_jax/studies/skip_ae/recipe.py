@@ -121,8 +121,8 @@ def evaluate(model, params, test, cfg: S1Config, mesh, *, full: bool = True,
     stage = Stages(progress, timings=timings)
     images = test.images[:cfg.test_limit] if cfg.test_limit else test.images
     with stage("encode", f"encode {len(images)} test images"):
-        enc = encode(model, params, images, batch_size=cfg.eval_batch, mesh=mesh)
-    n = min(cfg.n_cluster, len(images))
+        enc = encode(model, params, images, batch_size=cfg.eval_batch_size, mesh=mesh)
+    n = min(cfg.cluster_limit or len(images), len(images))
     labels = np.asarray(test.labels[:n])
     k = int(test.num_classes)
 

@@ -41,7 +41,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="override the configs' learning rate")
     p.add_argument("--train-limit", type=int, help="first N training images per dataset (default: all)")
     p.add_argument("--test-limit", type=int, help="first N test images per dataset (default: all)")
-    p.add_argument("--n-cluster", type=int, help=f"test images clustered (default: {S1Config.n_cluster})")
+    p.add_argument("--cluster-limit", type=int, help=f"test images clustered (default: {S1Config.cluster_limit})")
     p.add_argument("--eval-every", type=int, default=None,
                    help="PSNR/NMI every N epochs for cae (Fig. 4); default epochs // 5, 0 = off")
     p.add_argument("--trained-latent-skip", action="store_true",
@@ -96,7 +96,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
                     over = {"model": model, "dataset": ds, "seed": seed, "epochs": a.epochs,
                             "batch_size": a.batch_size, "train_limit": a.train_limit,
                             "optimizer": a.optimizer, "lr": a.lr,
-                            "test_limit": a.test_limit, "n_cluster": a.n_cluster, "latent_skip": ls,
+                            "test_limit": a.test_limit, "cluster_limit": a.cluster_limit, "latent_skip": ls,
                             "dataset_options": ds_opts.get(ds) or None,
                             "scan_epoch": True if a.scan_epoch else None,
                             "tsne_backend": a.tsne_backend,
@@ -150,7 +150,7 @@ def summarize(jobs, out: pathlib.Path) -> dict:
     first = jobs[0][0]
     settings = {"datasets": sorted({c.dataset for c, _, _ in jobs}), "seeds": len({c.seed for c, _, _ in jobs}),
                 "epochs": sorted({c.epochs for c, _, _ in jobs}), "batch_size": sorted({c.batch_size for c, _, _ in jobs}),
-                "train_limit": first.train_limit, "test_limit": first.test_limit, "n_cluster": first.n_cluster,
+                "train_limit": first.train_limit, "test_limit": first.test_limit, "cluster_limit": first.cluster_limit,
                 "optimizer": first.optimizer, "lr": first.lr, "devices": jax.device_count(), "platform": jax.devices()[0].platform,
                 "machine": _machine()}
     claims = check_claims(rows)
@@ -179,7 +179,7 @@ def _ms(row, k, scale=1.0, fmt="{:.2f}"):
 def markdown_table(rows, settings, claims) -> str:
     lines = [f"S1 results: {settings['seeds']} seed(s), epochs {settings['epochs']}, batch "
              f"{settings['batch_size']}, {settings['optimizer']} (lr {settings['lr'] or 'default'}), train_limit {settings['train_limit'] or 'all'}, "
-             f"{settings['n_cluster']} test images clustered, {settings['platform']} ({settings['machine']}).",
+             f"{settings['cluster_limit']} test images clustered, {settings['platform']} ({settings['machine']}).",
              "NMI/ACC/ARI on the 0-100 scale (results.json: 0-1); mean ± std over seeds.", "",
              "| dataset | model | seeds | PSNR (dB) | NMI t-SNE (0-100) | NMI latent (0-100) | "
              "NMI latent+skip t-SNE (0-100) | ACC t-SNE (0-100) | ARI t-SNE (0-100) |",

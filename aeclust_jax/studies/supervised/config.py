@@ -51,7 +51,7 @@ class SupervisedConfig:
                                "by class gives few classes: prefer test_per_class)")
     seed: int = field(0, "seed of the init, the subset, the shuffling and the augmentation")
     eval_every: int = field(1, "test accuracy every N epochs (and after the last)")
-    eval_batch: int = field(500, "batch size of evaluation")
+    eval_batch_size: int = field(500, "batch size of evaluation")
     checkpoint_every: int = field(1, "checkpoint every N epochs")
     keep_checkpoints: int = field(2, "checkpoints kept")
     progress: bool = field(True, "progress bars and stage lines")
@@ -69,7 +69,7 @@ class SupervisedConfig:
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choices: "
                                   f"{', '.join(choices)}")
-        for name in ("epochs", "batch_size", "eval_every", "eval_batch", "checkpoint_every",
+        for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every",
                      "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -124,7 +124,7 @@ def run(cfg: SupervisedConfig, out: str | pathlib.Path, *, resume: bool = False)
     loss_fn = sup.classification_loss(model, image_size=cfg.image_size or None,
                                       augment=cfg.augment, crop_pad=cfg.crop_pad,
                                       label_smoothing=cfg.label_smoothing)
-    predict_kw = dict(batch_size=cfg.eval_batch, mesh=mesh, image_size=cfg.image_size or None)
+    predict_kw = dict(batch_size=cfg.eval_batch_size, mesh=mesh, image_size=cfg.image_size or None)
 
     last = {}                                  # the newest evaluation's predictions
 
@@ -195,7 +195,7 @@ def plot_curves(history: list[dict], path: pathlib.Path, *, title: str) -> pathl
 
 # Fields that may change on --resume: the epoch count, and those that do not change the numbers.
 RESUME_MAY_DIFFER = ("epochs", "progress", "checkpoint_every", "keep_checkpoints", "eval_every",
-                     "eval_batch")
+                     "eval_batch_size")
 
 
 def train_parser():
