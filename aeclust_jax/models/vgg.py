@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from aeclust_jax.models.layers import Conv, max_pool_2x2
 from aeclust_jax.models.resnet import IMAGENET_MEAN, IMAGENET_STD, batch_norm, conv_init
 
 VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -84,12 +85,12 @@ class VGG(nn.Module):
                 if block > skip:
                     self.sow("intermediates", f"block{block}", y)
                 if block >= skip:
-                    y = nn.max_pool(y, (2, 2), (2, 2))
+                    y = _max_pool(y)
                 i, block = i + 1, block + 1
                 continue
             if block > skip:
-                y = nn.Conv(v, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
-                            name=f"features_{i}")(y)
+                y = Conv(v, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
+                         name=f"features_{i}")(y)
                 if self.batch_norm:
                     y = batch_norm(train, f"features_{i + 1}")(y)
                 y = nn.relu(y)
@@ -111,6 +112,14 @@ class VGG(nn.Module):
         if not self.num_classes:
             return y
         return nn.Dense(self.num_classes, kernel_init=dense_init, name="classifier_6")(y)
+
+
+def _max_pool(y):
+    """torchvision's MaxPool2d(2, 2) (floor): on even sizes ``layers.max_pool_2x2`` (same values
+    and gradient, without XLA:CPU's slow select_and_scatter), else flax's max_pool."""
+    if y.shape[1] % 2 == 0 and y.shape[2] % 2 == 0:
+        return max_pool_2x2(y)
+    return nn.max_pool(y, (2, 2), (2, 2))
 
 
 def vgg16(num_classes: int = 1000, **kwargs) -> VGG:
