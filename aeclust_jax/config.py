@@ -82,10 +82,15 @@ RENAMED = {"n_cluster": "cluster_limit", "clusters": "n_clusters", "kmeans_init"
            "ae_batch": "ae_batch_size", "data_seed": "subset_seed"}
 
 
+def _current_name(key: str, fields, values) -> str:
+    """``key``, or its new name (RENAMED) when only the new one is a field and not also given."""
+    new = RENAMED.get(key)
+    return new if key not in fields and new in fields and new not in values else key
+
+
 def _checked(cls, values: Mapping[str, Any], source: str) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = {RENAMED[k] if k not in fields and RENAMED.get(k) in fields and RENAMED[k] not in values
-              else k: v for k, v in values.items()}
+    values = {_current_name(k, fields, values): v for k, v in values.items()}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {source}; valid keys: {sorted(fields)}")
@@ -220,7 +225,7 @@ def add_config_options(parser, cls, *, skip: tuple[str, ...] = ()) -> None:
             choices = f.metadata.get("choices")
             group.add_argument(flag, type=typ, default=None, choices=choices,
                                metavar=f.name.upper() if choices is None else None,
-                                help=f"{text}{shown}")
+                               help=f"{text}{shown}")
 
 
 class _NoneValue:
