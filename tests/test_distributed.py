@@ -4,6 +4,7 @@ started by ``python -m aeclust_jax.launch``, against one process with the same g
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -67,8 +68,11 @@ def test_launcher_success_bad_usage_and_one_process_per_rank(tmp_path):
     p = _launch("--nproc", 2, "--devices-per-process", 2, "--log-dir", tmp_path / "logs", script,
                 "--", "--flag-of-the-script", timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    def json_line(text):         # the script's line among gloo's and JAX's own log lines
-        return json.loads([l for l in text.splitlines() if l.startswith("{")][-1])
+    def json_line(text):
+        """The script's JSON among gloo's and JAX's log lines. Gloo writes from its own thread in
+        pieces, so its words can land on either side of the script's line (CI once saw
+        ``[Gloo] Rank 0{"rank": 0, ...}``); Python writes the line in one piece, so search it."""
+        return json.loads(re.findall(r'\{"rank": [^{}]*\}', text)[-1])
     rank0 = json_line(p.stdout)
     rank1 = json_line((tmp_path / "logs" / "process1.log").read_text())
     assert rank0 == {"rank": 0, "n": 2, "devices": 4, "sum": 3.0, "main": True,
