@@ -62,6 +62,33 @@ def peers_to_time(names, runs: dict, skip, out: dict):
             yield name
 
 
+def add_torch_device_option(parser) -> None:
+    parser.add_argument("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="the PyTorch peer's device (auto: cuda when JAX runs on a GPU and "
+                             "torch sees one; the data sits on it, as ours does)")
+
+
+def torch_device(choice: str) -> str:
+    """'cpu' or 'cuda' for ``--torch-device`` (see add_torch_device_option)."""
+    import torch
+    if choice == "auto":
+        return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def torch_synced(fn: Callable[[], Any], device: str) -> Callable[[], Any]:
+    """fn, then waiting for the GPU's queue (CUDA calls return before the work is done)."""
+    if device == "cpu":
+        return fn
+
+    def run():
+        import torch
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+    return run
+
+
 def block(x: Any) -> Any:
     """Waits for every jax array in x (numpy results pass through)."""
     return jax.block_until_ready(x)

@@ -1,4 +1,4 @@
-"""Feature extraction and a supervised train step of the natural-image backbones vs PyTorch (CPU).
+"""Feature extraction and a supervised train step of the natural-image backbones vs PyTorch.
 
     python benchmarks/bench_features.py [--repeat 5] [--rows ...] [--quick]
 
@@ -16,7 +16,8 @@ image size and batch per row in ROWS, smaller with --quick):
                      small_stem, torch.optim.SGD(momentum=0.9)
 Ours is the jitted network on float32 NHWC, the peer the torch module on float32 NCHW under
 torch.no_grad (extraction); the resize/normalisation is outside both. torch uses as many threads
-as the machine has cores (XLA uses them all). Warm timings: ours' first (compiling) call and the
+as the machine has cores (XLA uses them all); on a GPU both sides run there (``--torch-device``,
+each timed call waits for its device), with each library's default float32 conv math. Warm timings: ours' first (compiling) call and the
 peer's first call are untimed and reported apart; then --repeat rounds interleave the peer and
 ours, one batch each, and the median time is kept (the best-of-rounds speedup is reported too).
 LAST line: one JSON object; "speedup" = the worst row's peer time / our time, "target_met" whether
@@ -37,7 +38,8 @@ import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import block, emit, first_call, machine, require_peers  # noqa: E402
+from _common import (add_torch_device_option, block, emit, first_call, machine,  # noqa: E402
+                     require_peers, torch_device, torch_synced)
 
 TARGET = 1.5
 # row -> (image size, batch) of the full run and of --quick
@@ -90,7 +92,7 @@ def rel_diff(a, b) -> float:
 
 # ----------------------------------------------------------------------------- peers
 
-def build_peer(row: str, num_classes: int = 1000):
+def build_peer(row: str, num_classes: int = 1000, device: str = "cpu"):
     """The PyTorch module of a row (randomised weights, eval mode); one clear line when it cannot
     be built."""
     try:
@@ -106,14 +108,14 @@ def build_peer(row: str, num_classes: int = 1000):
                         b.copy_(torch.rand(b.shape, generator=g) + 0.5)
                     elif name.endswith("running_mean"):
                         b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-            return net.eval()
+            return net.eval().to(device)
         sys.path.insert(0, str(HERE.parent / "tests"))
         import torch_backbones as ref
         if row.startswith("vgg"):
-            return ref.randomise(ref.build(ref.TVGG))
+            return ref.randomise(ref.build(ref.TVGG)).to(device)
         small = row.startswith("train")
         return ref.randomise(ref.build(ref.TResNet, ref.TBasic, (2, 2, 2, 2),
-                                       num_classes=num_classes, small_stem=small))
+                                       num_classes=num_classes, small_stem=small)).to(device)
     except Exception as e:  # noqa: BLE001 - any failure is reported as one line
         peer = ("efficientnet_lite_pytorch EfficientNet('efficientnet-lite0')"
                 if row.startswith("efficientnet") else "tests/torch_backbones.py "
@@ -134,14 +136,14 @@ def torch_resnet_pooled(net, x):
 
 # ----------------------------------------------------------------------------- rows
 
-def extraction_row(row: str, size: int, batch: int, repeat: int) -> dict:
+def extraction_row(row: str, size: int, batch: int, repeat: int, device: str = "cpu") -> dict:
     import torch
     from aeclust_jax.models import get_model, import_torch
     from aeclust_jax.models.efficientnet import variables_from_torch
 
-    net = build_peer(row)
+    net = build_peer(row, device=device)
     x = images(batch, size)
-    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
     if row.startswith("resnet"):
         model, variables = import_torch("resnet18", net.state_dict(), num_classes=0)
         fwd = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
@@ -159,6 +161,7 @@ def extraction_row(row: str, size: int, batch: int, repeat: int) -> dict:
             v, x, train=False, mutable="intermediates")[1]["intermediates"]["features"][0]
         peer_fn = lambda: net.features(xt)  # noqa: E731
         to_ours = lambda t: t.numpy().transpose(0, 2, 3, 1)  # noqa: E731
+    peer_fn = torch_synced(peer_fn, device)
     variables = jax.device_put(variables)
     xj = jax.device_put(x)
     f = jax.jit(fwd)
@@ -169,24 +172,26 @@ def extraction_row(row: str, size: int, batch: int, repeat: int) -> dict:
         peer_first_s = time.perf_counter() - t
         t_ours, t_peer = rounds(lambda: f(variables, xj), peer_fn, repeat)
     return summary(batch, t_ours, t_peer, image_size=size, ours_first_call_s=first_s,
-                   torch_first_call_s=peer_first_s, max_rel_diff=rel_diff(out, to_ours(ref)))
+                   torch_first_call_s=peer_first_s, max_rel_diff=rel_diff(out, to_ours(ref.cpu())))
 
 
-def train_row(row: str, size: int, batch: int, repeat: int, lr: float = 0.01) -> dict:
+def train_row(row: str, size: int, batch: int, repeat: int, device: str = "cpu",
+              lr: float = 0.01) -> dict:
     import optax
     import torch
     from aeclust_jax.models import import_torch
 
-    net = build_peer(row, num_classes=10)
+    net = build_peer(row, num_classes=10, device=device)
     model, variables = import_torch("resnet18", net.state_dict(), num_classes=10, small_stem=True)
     net.train()
     x = images(2 * batch, size, seed=1)
     y = np.random.default_rng(2).integers(0, 10, 2 * batch).astype(np.int32)
     xs = [jax.device_put(x[i * batch:(i + 1) * batch]) for i in range(2)]
     ys = [jax.device_put(y[i * batch:(i + 1) * batch]) for i in range(2)]
-    xts = [torch.from_numpy(np.ascontiguousarray(xb.transpose(0, 3, 1, 2)))
+    xts = [torch.from_numpy(np.ascontiguousarray(xb.transpose(0, 3, 1, 2))).to(device)
            for xb in (x[:batch], x[batch:])]
-    yts = [torch.from_numpy(y[i * batch:(i + 1) * batch].astype(np.int64)) for i in range(2)]
+    yts = [torch.from_numpy(y[i * batch:(i + 1) * batch].astype(np.int64)).to(device)
+           for i in range(2)]
 
     tx = optax.sgd(lr, momentum=0.9)
 
@@ -221,6 +226,7 @@ def train_row(row: str, size: int, batch: int, repeat: int, lr: float = 0.01) ->
         opt.step()
         return loss
 
+    peer = torch_synced(peer, device)
     first_s, loss0 = first_call(ours)
     t = time.perf_counter()
     tloss0 = peer()
@@ -243,19 +249,22 @@ def main(argv=None):
                    "(default per row: 32, 32, 8 (vgg16), 128 (train))")
     p.add_argument("--quick", action="store_true",
                    help="small setting (seconds): batch 2 (train 8), 32-64 px, 2 rounds")
+    add_torch_device_option(p)
     a = p.parse_args(argv)
     require_peers("torch", "efficientnet_lite_pytorch")
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
+    device = torch_device(a.torch_device)
     repeat = 2 if a.quick and a.repeat == p.get_default("repeat") else a.repeat
     res = {"benchmark": "features", "quick": a.quick, "repeat": repeat, "target": TARGET,
            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+           "torch_device": device, "kernels": os.environ.get("AECLUST_KERNELS", "auto"),
            "machine": machine(), "rows": {}}
     for row in a.rows:
         size, batch = ROWS[row][1 if a.quick else 0]
         batch = a.batch or batch
         fn = train_row if row.startswith("train") else extraction_row
-        r = res["rows"][row] = fn(row, size, batch, repeat)
+        r = res["rows"][row] = fn(row, size, batch, repeat, device)
         print(f"{row:26s} batch {batch:4d}  ours {r['ours_images_per_s']:8.1f} img/s  torch "
               f"{r['torch_images_per_s']:8.1f} img/s  speedup {r['speedup']:5.2f}x  "
               f"(first call {r['ours_first_call_s']:.1f} s)", flush=True)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import require_peers  # noqa: E402
+from _common import add_torch_device_option, require_peers, torch_device  # noqa: E402
 
 from aeclust_jax import train  # noqa: E402
 from aeclust_jax.studies import skip_ae as s1  # noqa: E402
@@ -201,14 +201,11 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=["cae_skip", "dae"])
     p.add_argument("--upsample", nargs="+", default=["subpixel", "repeat", "broadcast", "resize"])
     p.add_argument("--fuse", nargs="+", type=int, default=[1, 4])
-    p.add_argument("--torch-device", default="auto",
-                   help="cpu | cuda | auto (cuda when JAX runs on a GPU and torch sees one)")
+    add_torch_device_option(p)
     a = p.parse_args(argv)
     require_peers("torch")
     import torch
-    tdev = a.torch_device
-    if tdev == "auto":
-        tdev = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+    tdev = torch_device(a.torch_device)
     images = mnist_images(a.batch * 8)
     peak = matmul_flops_per_s()
     print(f"devices: {jax.devices()}, torch threads {torch.get_num_threads()}, "

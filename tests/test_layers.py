@@ -15,7 +15,7 @@ from jax import lax
 
 from aeclust_jax.models import layers
 from aeclust_jax.models.layers import (Conv, Conv3x3, DepthwiseConv, _conv_dot_wgrad, conv2d,
-                                      conv3x3, depthwise_conv, max_pool_2x2, upsample_conv)
+                                      conv3x3, cpu_kernels, depthwise_conv, max_pool_2x2, upsample_conv)
 from aeclust_jax.models.skip_ae import upsample2x
 
 SHAPES = [(2, 14, 14, 16, 1), (3, 8, 8, 8, 16), (1, 7, 5, 3, 2), (2, 1, 1, 1, 1), (2, 4, 9, 1, 4)]
@@ -82,6 +82,27 @@ def test_max_pool_values_and_gradient_equal_flax_max_pool(h, w, kind):
     assert float(ones.sum()) == float(np.prod(flax_pool(x).shape))
 
 
+@pytest.mark.parametrize("kernels", ["cpu", "xla"])
+def test_max_pool_of_either_kernel_equals_flax_on_ties(kernels, monkeypatch):
+    """``AECLUST_KERNELS`` picks the fused pool (cpu) or nn.max_pool (xla, a GPU's default):
+    same values and the same one-per-window gradient on tied inputs."""
+    monkeypatch.setenv("AECLUST_KERNELS", kernels)
+    assert cpu_kernels() == (kernels == "cpu")
+    x = jnp.asarray(_pool_inputs(5, 6)["integers"], jnp.float32)
+    flax_pool = lambda t: nn.max_pool(t, (2, 2), strides=(2, 2), padding="SAME")
+    np.testing.assert_array_equal(max_pool_2x2(x), flax_pool(x))
+    g = lambda f: jax.grad(lambda t: f(t).sum())(x)
+    np.testing.assert_array_equal(g(max_pool_2x2), g(flax_pool))
+
+
+def test_cpu_kernels_follow_the_backend_and_refuse_a_bad_setting(monkeypatch):
+    monkeypatch.delenv("AECLUST_KERNELS", raising=False)
+    assert cpu_kernels() == (jax.default_backend() == "cpu")
+    monkeypatch.setenv("AECLUST_KERNELS", "gpu")
+    with pytest.raises(ValueError, match="AECLUST_KERNELS must be auto, cpu or xla, got 'gpu'"):
+        cpu_kernels()
+
+
 def test_max_pool_gradient_of_zeros_counts_windows():
     """The issue's measurement: 16 (every tied element) before the fix, 4 (one per window) now."""
     assert float(jax.grad(lambda x: max_pool_2x2(x).sum())(jnp.zeros((1, 4, 4, 1))).sum()) == 4.0
@@ -130,8 +151,12 @@ def test_conv2d_equals_autodiff_of_lax_conv(monkeypatch, k, stride, h, w, chunk_
         np.testing.assert_allclose(go, gr, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernels", ["cpu", "xla"])
 @pytest.mark.parametrize("use_bias", [False, True])
-def test_conv_module_has_nn_conv_parameters_values_and_gradients(use_bias):
+def test_conv_module_has_nn_conv_parameters_values_and_gradients(use_bias, kernels, monkeypatch):
+    """Both sides of ``cpu_kernels()``: the GEMM-gradient conv2d (XLA:CPU) and XLA's own conv
+    (what a GPU runs)."""
+    monkeypatch.setenv("AECLUST_KERNELS", kernels)
     x = jax.random.normal(jax.random.key(0), (3, 9, 8, 3))
     init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
     kw = dict(padding=((1, 1), (1, 1)), use_bias=use_bias, kernel_init=init)

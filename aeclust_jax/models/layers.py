@@ -19,11 +19,16 @@ ops that XLA fuses into one loop; stride 2 = strided slices); see ``depthwise_co
 Conv kernel gradients (ResNet's ``Conv``): XLA:CPU's autodiff of a conv computes dL/dkernel 1-13x
 slower than the forward conv; ``conv2d`` computes it as GEMMs of stacked shifted slices of the
 input, a few images at a time; see ``conv2d``.
+
+These kernels are for XLA:CPU. On a GPU (or TPU) ``Conv`` and ``max_pool_2x2`` use XLA's own conv
+and reduce-window gradients (cuDNN's), the same values: ``cpu_kernels()`` decides at trace time,
+and ``AECLUST_KERNELS=cpu|xla`` forces one side (e.g. to time both on one device).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable
 
 import flax.linen as nn
@@ -34,6 +39,16 @@ import numpy as np
 from jax import lax
 
 _DN = ("NHWC", "HWIO", "NHWC")
+
+
+def cpu_kernels() -> bool:
+    """Whether ``Conv`` and ``max_pool_2x2`` use this module's XLA:CPU kernels (GEMM kernel
+    gradients, fused pool gradient): on the CPU backend, unless ``AECLUST_KERNELS`` says
+    ``cpu`` (always) or ``xla`` (never; XLA's own ops everywhere)."""
+    choice = os.environ.get("AECLUST_KERNELS", "auto")
+    if choice not in ("auto", "cpu", "xla"):
+        raise ValueError(f"AECLUST_KERNELS must be auto, cpu or xla, got {choice!r}")
+    return choice == "cpu" or (choice == "auto" and jax.default_backend() == "cpu")
 
 
 # first row of the (virtually) upsampled map read by output row 0, per padding
@@ -229,17 +244,25 @@ def _pool_blocks(x: jax.Array) -> jax.Array:
     return x.reshape(n, x.shape[1] // 2, 2, x.shape[2] // 2, 2, c)
 
 
-@jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max pool, stride 2, 'SAME' (odd sizes padded with -inf at the end): (N,H,W,C) ->
     (N, ceil(H/2), ceil(W/2), C). Values and gradient = nn.max_pool's, ties included: a window's
     gradient goes to its first maximum in row-major order, the element XLA's select_and_scatter
-    (the transpose of reduce_window max) picks. Here it is a few fused elementwise ops."""
+    (the transpose of reduce_window max) picks. On XLA:CPU (``cpu_kernels()``) it is a few fused
+    elementwise ops (``fused_max_pool_2x2``), elsewhere nn.max_pool itself."""
+    if cpu_kernels():
+        return fused_max_pool_2x2(x)
+    return nn.max_pool(x, (2, 2), (2, 2), "SAME")
+
+
+@jax.custom_vjp
+def fused_max_pool_2x2(x: jax.Array) -> jax.Array:
+    """``max_pool_2x2`` as elementwise ops with a hand-written gradient (see there)."""
     return _pool_blocks(x).max(axis=(2, 4))
 
 
 def _max_pool_fwd(x):
-    y = max_pool_2x2(x)
+    y = fused_max_pool_2x2(x)
     return y, (x, y)
 
 
@@ -265,7 +288,7 @@ def _max_pool_bwd(res, ct):
     return (g[:, :x.shape[1], :x.shape[2]],)
 
 
-max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+fused_max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -328,7 +351,8 @@ class DepthwiseConv(nn.Module):
 
 class Conv(nn.Module):
     """``nn.Conv(features, kernel_size, strides, padding, use_bias, kernel_init)`` for NHWC
-    inputs with explicit integer padding, computed by ``conv2d`` (GEMM gradients). Same
+    inputs with explicit integer padding, computed by ``conv2d`` (GEMM gradients) on XLA:CPU and
+    by XLA's conv elsewhere (``cpu_kernels()``). Same
     parameters, names, shapes and init as nn.Conv (``kernel`` (kh, kw, Cin, features), ``bias``
     (features,) zeros when use_bias), so checkpoints and weight imports are shared."""
     features: int
@@ -351,7 +375,7 @@ class Conv(nn.Module):
                 if self.use_bias else None)
         x, kernel, bias = promote_dtype(x, kernel, bias)
         pads = tuple(tuple(int(v) for v in p) for p in self.padding)
-        y = conv2d(x, kernel, sh, pads)
+        y = conv2d(x, kernel, sh, pads) if cpu_kernels() else _conv(x, kernel, pads, sh)
         return y if bias is None else y + bias
 
 
