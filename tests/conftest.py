@@ -19,6 +19,10 @@ else:
     _OWN_CACHE = False
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["AECLUST_TEST_XLA_CACHE"]
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# Float32 products in full float32 on every backend: the tests compare with float32/float64
+# references at 1e-5, and a GPU's default (TF32 convolutions and matmuls) is ~1e-3 off (seen on
+# an H200: the Conv gradient test failed by 5e-3 until this was set). No effect on a CPU.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 
 def pytest_sessionfinish(session):
