@@ -193,16 +193,18 @@ def test_train_resnet18_cli_reports_test_accuracy_and_refuses_changed_resume(tmp
     out = tmp_path / "run"
     base = ["--model", "resnet18", "--dataset", "image_folder", "--path", str(archive),
             "--batch-size", "10", "--lr", "0.05", "--no-progress", "--out", str(out)]
-    assert train_main(base + ["--epochs", "2"]) == 0
+    assert train_main(base + ["--epochs", "4"]) == 0
     printed = capsys.readouterr().out
     assert "test_accuracy=" in printed
     import json
     m = json.loads((out / "metrics.json").read_text())
-    # it learns: chance is 1/3; 18 steps from scratch gave 0.63 and > 0.8 with two rng streams
+    # it learns: chance is 1/3. Test accuracy reads the batch-norm running statistics, which
+    # 18 steps (2 epochs) do not settle: that read 0.63 and 0.8 in earlier environments and 0.27
+    # (train accuracy 0.97) with this session's package versions; 36 steps read 1.0 at epoch 3-4.
     assert m["test_accuracy"] > 0.5 and m["train_images"] == 90 and m["test_images"] == 30
     assert set(m["per_class_accuracy"]) == {"blue", "green", "red"}
     hist = [json.loads(l) for l in (out / "history.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in hist] == [1, 2] and all("test_accuracy" in h for h in hist)
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4] and all("test_accuracy" in h for h in hist)
     assert (out / "figures" / "curves.png").is_file() and (out / "config.yaml").is_file()
     # a changed option is refused, naming it; nothing in the folder changes
     before = (out / "metrics.json").read_text()
