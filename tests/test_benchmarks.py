@@ -1,6 +1,6 @@
-"""Benchmarks whose peer package is missing stop at once with one line naming the extra;
-bench_features.py's quick setting prints its figures as a last-line JSON, and a peer that cannot
-be built is one line naming it."""
+"""Benchmarks whose peer package is missing stop at once with one line naming the extra; every
+script runs in its quick setting through run_all.py (its figures as a last-line JSON); a peer
+that cannot be built is one line naming it; README's speed table is run_all's markdown."""
 
 import json
 import os
@@ -58,43 +58,48 @@ def test_missing_peer_is_one_line_naming_the_extra(script, peer, monkeypatch, ca
     assert "pip install -e '.[bench]'" in err
 
 
-def test_bench_features_quick_last_line_is_json():
-    """--quick on the two torch_backbones rows (extraction and train step; ~25 s on 2 cores)."""
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_run_all_quick_runs_every_benchmark_script(tmp_path, monkeypatch, real_manual_dir):
+    """CI runs every benchmark script in its quick setting through ``run_all.py --quick`` (~2 min
+    on 2 cores), so none can break silently: every stage ends ``ok`` with its last-line JSON
+    (optional peers such as faiss may be missing inside a script; its own peer may not), and the
+    features and S2 rows check what they measure. Real data: bench_data.py times loading MNIST."""
     pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite_pytorch")
+    monkeypatch.syspath_prepend(str(BENCH))
+    import run_all
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([str(BENCH.parent), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, str(BENCH / "bench_features.py"), "--quick", "--rows",
-                          "resnet18", "train_resnet18"], capture_output=True, text=True, env=env,
-                         timeout=300, check=True).stdout
-    res = json.loads(out.strip().splitlines()[-1])
-    assert res["benchmark"] == "features" and res["quick"] is True
-    assert set(res["rows"]) == {"resnet18", "train_resnet18"}
-    assert set(res["target_met"]) == set(res["rows"]) and res["machine"]["cpu_count"] >= 1
-    for name, row in res["rows"].items():
+    p = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=900)
+    report = json.loads((tmp_path / "run_all.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert p.returncode == 0 and set(rows) == set(run_all.NAMES), p.stderr[-2000:]
+    assert {n: r["status"] for n, r in rows.items()} == {n: "ok" for n in run_all.NAMES}
+    md = (tmp_path / "run_all.md").read_text()
+    assert all(b.stage in md for b in run_all.SUITE) and "failed" not in md
+
+    feats = rows["features"]["result"]          # --quick --rows resnet18 train_resnet18
+    assert feats["benchmark"] == "features" and feats["quick"] is True
+    assert set(feats["rows"]) == {"resnet18", "train_resnet18"} == set(feats["target_met"])
+    for name, row in feats["rows"].items():
         for key in ("ours_images_per_s", "torch_images_per_s", "speedup", "ours_first_call_s",
                     "batch", "image_size"):
             assert row[key] > 0, (name, key)
-        assert len(row["ours_s"]) == len(row["torch_s"]) == res["repeat"]
-    assert res["rows"]["resnet18"]["max_rel_diff"] < 1e-4          # same weights, same features
-    train = res["rows"]["train_resnet18"]
+        assert len(row["ours_s"]) == len(row["torch_s"]) == feats["repeat"]
+    assert feats["rows"]["resnet18"]["max_rel_diff"] < 1e-4        # same weights, same features
+    train = feats["rows"]["train_resnet18"]
     assert abs(train["first_loss"] - train["torch_first_loss"]) < 1e-3 * train["torch_first_loss"]
-    assert res["speedup"] == min(r["speedup"] for r in res["rows"].values())
+    assert feats["speedup"] == min(r["speedup"] for r in feats["rows"].values())
 
-
-def test_bench_s2_quick_evaluation_last_line_is_json():
-    """--quick evaluation row (1000 / 1000 rows): ours and scikit-learn score the same features."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([str(BENCH.parent), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, str(BENCH / "bench_s2.py"), "--quick", "--repeat", "1",
-                          "--rows", "evaluate"], capture_output=True, text=True, env=env,
-                         timeout=300, check=True).stdout
-    res = json.loads(out.strip().splitlines()[-1])
-    row = res["rows"]["evaluate"]
-    assert res["benchmark"] == "s2" and res["speedup"] == row["speedup"] > 0
+    s2 = rows["s2_evaluation"]["result"]        # ours and scikit-learn score the same features
+    row = s2["rows"]["evaluate"]
+    assert s2["benchmark"] == "s2" and s2["speedup"] == row["speedup"] > 0
     assert row["ours_scores"]["knn_accuracy"] == row["sklearn_scores"]["knn_accuracy"]
     for k in ("pairwise_f", "bcubed_f", "nmi"):     # K-means of both sides: close, not equal
         assert abs(row["ours_scores"][k] - row["sklearn_scores"][k]) < 0.1, k
+    assert s2["rows"]["train_cae"]["speedup"] > 0
 
 
 def test_bench_features_unbuildable_peer_is_one_line(monkeypatch, capsys):
