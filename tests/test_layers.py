@@ -15,7 +15,8 @@ from jax import lax
 
 from aeclust_jax.models import layers
 from aeclust_jax.models.layers import (Conv, Conv3x3, DepthwiseConv, _conv_dot_wgrad, conv2d,
-                                      conv3x3, cpu_kernels, depthwise_conv, max_pool_2x2, upsample_conv)
+                                      conv3x3, cpu_kernels, depthwise_conv,
+                                      fused_max_pool_2x2, max_pool_2x2, upsample_conv)
 from aeclust_jax.models.skip_ae import upsample2x
 
 SHAPES = [(2, 14, 14, 16, 1), (3, 8, 8, 8, 16), (1, 7, 5, 3, 2), (2, 1, 1, 1, 1), (2, 4, 9, 1, 4)]
@@ -69,16 +70,17 @@ def _pool_inputs(h, w):
 @pytest.mark.parametrize("h,w", [(28, 28), (14, 14), (7, 7), (5, 3), (1, 1), (4, 6)])
 @pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch", "neg_inf"])
 def test_max_pool_values_and_gradient_equal_flax_max_pool(h, w, kind):
-    """Exactly nn.max_pool's gradient, ties included: one element per window (the first
-    maximum in row-major order), never all tied ones."""
+    """The hand-written gradient (``fused_max_pool_2x2``, called directly so that it is tested on
+    any backend) is exactly nn.max_pool's autodiff, ties included: one element per window (the
+    first maximum in row-major order), never all tied ones."""
     x = jnp.asarray(_pool_inputs(h, w)[kind], jnp.float32)
     flax_pool = lambda t: nn.max_pool(t, (2, 2), strides=(2, 2), padding="SAME")
-    np.testing.assert_array_equal(max_pool_2x2(x), flax_pool(x))
+    np.testing.assert_array_equal(fused_max_pool_2x2(x), flax_pool(x))
     ct = jax.random.normal(jax.random.key(1), flax_pool(x).shape)
     g = lambda f: jax.grad(lambda t: jnp.sum(f(t) * ct))(x)
-    np.testing.assert_allclose(g(max_pool_2x2), g(flax_pool), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(g(fused_max_pool_2x2), g(flax_pool), rtol=0, atol=1e-6)
     # the gradient of the pooled sum puts exactly one 1 in every window
-    ones = jax.grad(lambda t: max_pool_2x2(t).sum())(x)
+    ones = jax.grad(lambda t: fused_max_pool_2x2(t).sum())(x)
     assert float(ones.sum()) == float(np.prod(flax_pool(x).shape))
 
 
@@ -105,7 +107,8 @@ def test_cpu_kernels_follow_the_backend_and_refuse_a_bad_setting(monkeypatch):
 
 def test_max_pool_gradient_of_zeros_counts_windows():
     """The issue's measurement: 16 (every tied element) before the fix, 4 (one per window) now."""
-    assert float(jax.grad(lambda x: max_pool_2x2(x).sum())(jnp.zeros((1, 4, 4, 1))).sum()) == 4.0
+    grad = jax.grad(lambda x: fused_max_pool_2x2(x).sum())(jnp.zeros((1, 4, 4, 1)))
+    assert float(grad.sum()) == 4.0
 
 
 @pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch"])
