@@ -133,6 +133,7 @@ def test_shift_invert_matches_numpy_eigh(name):
         np.testing.assert_allclose(w, w_ref, atol=1e-7)
         np.testing.assert_allclose(u @ u.T, p_ref, atol=1e-6)
         assert res < 1e-8 and iters <= 100
+        assert np.linalg.norm(m @ u - u * w, axis=0).max() < 1e-8   # the residual, with m itself
 
 
 def test_spectral_solvers_give_the_same_clusters_and_fall_back():

@@ -35,11 +35,24 @@ def _check_square(a, name):
 
 def _normalised_adjacency(a):
     """D^-1/2 A D^-1/2 of the symmetrised affinity (isolated nodes, degree 0: zero rows)."""
-    xp = jnp if isinstance(a, jax.Array) else np
     a = 0.5 * (a + a.T)
     deg = a.sum(axis=1)
-    dinv = xp.where(deg > 0, 1.0 / xp.sqrt(xp.where(deg > 0, deg, 1.0)), 0.0)
+    dinv = jnp.where(deg > 0, 1.0 / jnp.sqrt(jnp.where(deg > 0, deg, 1.0)), 0.0)
     return dinv[:, None] * a * dinv[None, :]
+
+
+def _normalised_adjacency_host(affinity) -> tuple[np.ndarray, np.ndarray]:
+    """``_normalised_adjacency`` in float64 numpy, in place on one (N, N) buffer (the host
+    solver's input; 5 passes over the matrix), and the isolated-node mask (N,) bool."""
+    a = np.asarray(affinity, np.float64)
+    m = np.add(a, a.T)
+    m *= 0.5
+    deg = m.sum(axis=1)
+    isolated = deg == 0
+    dinv = np.where(isolated, 0.0, 1.0 / np.sqrt(np.where(isolated, 1.0, deg)))
+    m *= dinv[:, None]
+    m *= dinv[None, :]
+    return m, isolated
 
 
 def _isolated(affinity):
@@ -71,34 +84,54 @@ def leading_eigvecs_shift_invert(m: np.ndarray, k: int, *, seed: int = 0,
                                  max_iter: int = MAX_ITER, tol: float = TOL):
     """The k leading eigenpairs of a normalised adjacency m (N, N) (symmetric, spectrum in
     [-1, 1]) by shift-invert subspace iteration in float64 on the host: one Cholesky factor of
-    (1 + SHIFT) I - m, then x <- qr((sigma I - m)^-1 x) with a Rayleigh-Ritz step, a block of
-    k + 8 vectors. An eigenvalue lam maps to 1 / (1 + SHIFT - lam), so the ones near 1 (the
-    clusters) separate by orders of magnitude even when 1 - lam differs by 1e-5 (a DSC
-    affinity: 20 eigenvalues at 1, the 21st at 1 - 2e-5), where Lanczos/LOBPCG/Chebyshev
-    filters stall. Returns (vectors (N, k), values (k,), residual, iterations), or None when the
+    sigma I - m (sigma = 1 + SHIFT), then y = (sigma I - m)^-1 x, x <- qr(y) with a
+    Rayleigh-Ritz step, a block of k + 8 vectors. An eigenvalue lam maps to 1 / (sigma - lam),
+    so the ones near 1 (the clusters) separate by orders of magnitude even when 1 - lam differs
+    by 1e-5 (a DSC affinity: 20 eigenvalues at 1, the 21st at 1 - 2e-5), where
+    Lanczos/LOBPCG/Chebyshev filters stall. The iteration needs no product with m: m y = sigma y
+    - x. Returns (vectors (N, k), values (k,), residual, iterations), or None when the
     factorisation fails or the residual is above ``tol`` after ``max_iter`` (callers fall back
-    to a full eigh)."""
+    to a full eigh).
+
+    Threads: the factorisation (N^3 / 3 flops, most of the time) runs with BLAS's own setting
+    (all cores unless ``threadpoolctl`` or ``OPENBLAS_NUM_THREADS`` limit it), like XLA's pool:
+    1.6x faster on 2 idle cores than on one, the same numbers on one machine. The iteration's
+    small products run on one thread: numpy and scipy each bring their own OpenBLAS, and two
+    pools of spinning threads made it 2.3x slower (docs/cluster.md)."""
     import scipy.linalg
-    from threadpoolctl import threadpool_limits
-    with threadpool_limits(1, user_api="blas"):     # beside XLA's busy threads, one BLAS thread
-        return _shift_invert(m, k, seed, max_iter, tol, scipy.linalg)  # is 7-20x faster (measured)
-
-
-def _shift_invert(m, k, seed, max_iter, tol, linalg):
     n = m.shape[0]
-    s = min(n, k + EXTRA_VECTORS)
+    shifted = np.negative(m)
+    shifted.flat[::n + 1] += 1.0 + SHIFT
     try:
-        factor = linalg.cho_factor((1.0 + SHIFT) * np.eye(n) - m, lower=True, check_finite=False)
+        factor = scipy.linalg.cho_factor(shifted, lower=True, overwrite_a=True, check_finite=False)
     except np.linalg.LinAlgError:
         return None
-    x = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, s)))[0]
-    res = np.inf
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        return _shift_invert_iterations(factor, n, k, seed, max_iter, tol)
+
+
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's view of the loaded BLAS libraries, found once (``threadpool_limits``
+    searches them on every call: 1.8 ms); scipy's own OpenBLAS is loaded first so it is seen."""
+    import importlib
+    from threadpoolctl import ThreadpoolController
+    importlib.import_module("scipy.linalg")
+    return ThreadpoolController()
+
+
+def _shift_invert_iterations(factor, n, k, seed, max_iter, tol):
+    import scipy.linalg
+    sigma = 1.0 + SHIFT
+    x = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, min(n, k + EXTRA_VECTORS))))[0]
     for it in range(1, max_iter + 1):
-        x = np.linalg.qr(linalg.cho_solve(factor, x, check_finite=False))[0]
-        mx = m @ x
-        w, v = np.linalg.eigh(0.5 * (x.T @ mx + mx.T @ x))
+        q, r = np.linalg.qr(scipy.linalg.cho_solve(factor, x, check_finite=False))
+        # y = q r and (sigma I - m) y = x, so m q = sigma q - x r^-1 (no N x N product)
+        mq = sigma * q - scipy.linalg.solve_triangular(r, x.T, trans="T", check_finite=False).T
+        h = q.T @ mq
+        w, v = np.linalg.eigh(0.5 * (h + h.T))
         w, v = w[::-1], v[:, ::-1]                       # descending
-        x, mx = x @ v, mx @ v
+        x, mx = q @ v, mq @ v
         res = float(np.linalg.norm(mx[:, :k] - x[:, :k] * w[:k], axis=0).max())
         if not np.isfinite(res):
             return None
@@ -208,7 +241,6 @@ def leading_eigvecs_chebyshev(m, k: int, *, seed: int = 0, degree: int = CHEB_DE
     from a seeded normal start; nnz padded to a power of two (zero entries), so graphs of one
     size share a compile. Returns (vectors (N, k) numpy, values (k,), residual, steps), or None
     when the residual is above ``tol`` after ``max_iter`` steps (callers then use eigsh)."""
-    from threadpoolctl import threadpool_limits
     n = m.shape[0]
     s = min(n, -(-(k + CHEB_EXTRA) // 8) * 8)
     coo = m.tocsr().tocoo()                                  # rows sorted
@@ -217,9 +249,11 @@ def leading_eigvecs_chebyshev(m, k: int, *, seed: int = 0, degree: int = CHEB_DE
     cols = np.concatenate([coo.col, np.zeros(pad)]).astype(np.int32)
     vals = np.concatenate([coo.data, np.zeros(pad)]).astype(np.float32)
     x0 = np.random.default_rng(seed).standard_normal((n, s)).astype(np.float32)
-    with threadpool_limits(1, user_api="blas"):   # XLA's QR/eigh call LAPACK: with OpenBLAS's own
-        x, w, res, it = jax.block_until_ready(     # threads beside XLA's pool, a (10000, 20) QR
-            _chebyshev_subspace(rows, cols, vals, x0, k, degree, max_iter, tol))  # took 210 ms, not 1.8
+    # XLA's QR/eigh call LAPACK: with OpenBLAS's own threads beside XLA's pool, a (10000, 20) QR
+    # took 210 ms, not 1.8
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        x, w, res, it = jax.block_until_ready(
+            _chebyshev_subspace(rows, cols, vals, x0, k, degree, max_iter, tol))
     res = float(res)
     if not np.isfinite(res) or res > tol:
         return None
@@ -235,9 +269,8 @@ def leading_eigvecs_eigsh(m, k: int, *, seed: int = 0):
     if k >= n - 1:
         w, v = np.linalg.eigh(m.toarray())
     else:
-        from threadpoolctl import threadpool_limits
         v0 = np.random.default_rng(seed).uniform(-1, 1, n)
-        with threadpool_limits(1, user_api="blas"):
+        with _blas_controller().limit(limits=1, user_api="blas"):
             w, v = scipy.sparse.linalg.eigsh(m, k, which="LA", v0=v0)
     order = np.argsort(w)[::-1][:k]
     return v[:, order], w[order]
@@ -309,11 +342,11 @@ def spectral_embedding(affinity, n_components: int, *, solver: str = "auto"):
     if traced:
         raise ValueError("spectral_embedding: solver='shift_invert' runs on the host; under jit "
                          "use solver='eigh'")
-    a = np.asarray(affinity, np.float64)
-    got = leading_eigvecs_shift_invert(_normalised_adjacency(a), int(n_components))
+    m, isolated = _normalised_adjacency_host(affinity)
+    got = leading_eigvecs_shift_invert(m, int(n_components))
     if got is None:
         return _embedding_eigh(jnp.asarray(affinity), int(n_components))
-    return jnp.asarray(_unit_rows(got[0], _isolated(a)), jnp.float32)
+    return jnp.asarray(_unit_rows(got[0], isolated), jnp.float32)
 
 
 def _check_n(n_clusters, n: int, fn: str, name: str):
