@@ -2,7 +2,9 @@
 
     cfg = load_config(TrainConfig, "configs/s1_mnist.yaml", {"epochs": 5})
 
-Unknown keys are an error that names the key, the file and the valid choices.
+Unknown keys are an error that names the key, the file and the valid choices. A file may list
+the fields flat (``epochs: 5``) or grouped by the ``--help`` sections (``training: {epochs: 5}``;
+``SECTIONS``), the shape of a nested config; the dataclasses themselves stay flat.
 """
 
 from __future__ import annotations
@@ -90,11 +92,31 @@ def _current_name(key: str, fields, values) -> str:
 
 def _checked(cls, values: Mapping[str, Any], source: str) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = _ungrouped(values, fields, source)
     values = {_current_name(k, fields, values): v for k, v in values.items()}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {source}; valid keys: {sorted(fields)}")
     return {name: _check_type(name, value, fields[name].type, source) for name, value in values.items()}
+
+
+def _ungrouped(values: Mapping[str, Any], fields, source: str) -> dict[str, Any]:
+    """A config mapping whose keys may be grouped under the ``--help`` sections (SECTIONS), as
+    nested configs are written: ``training: {epochs: 5, lr: 0.1}`` is ``epochs: 5, lr: 0.1``.
+    A key in the wrong section, or given twice, raises ConfigError naming it and ``source``.
+    (A section name whose value is not a mapping, e.g. S1's ``model: dae_skip``, is a field.)"""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        group = key in SECTIONS and isinstance(value, Mapping) and not (
+            key in fields and _kind(fields[key].type)[0] == "dict")
+        for name, v in (value.items() if group else [(key, value)]):
+            if group and name in fields and section_of(name) != key:
+                raise ConfigError(f"{name} in {source} belongs in section {section_of(name)!r}, "
+                                  f"not {key!r}")
+            if name in flat:
+                raise ConfigError(f"{name} is given twice in {source}")
+            flat[name] = v
+    return flat
 
 
 _SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}

@@ -12,7 +12,7 @@ import pytest
 
 from aeclust_jax import cli, runs
 from aeclust_jax.cli import run_main
-from aeclust_jax.config import ConfigError, load_config
+from aeclust_jax.config import ConfigError, config_dir, load_config
 from aeclust_jax.errors import UsageError, UserError
 from aeclust_jax.progress import Stages
 from tiny_data import TINY_S1_YAML, write_tiny_mnist
@@ -100,6 +100,38 @@ def test_config_values_are_type_checked(tmp_path):
     assert cfg.lr == 0.001 and cfg.epochs == 3
     with pytest.raises(ConfigError, match="lr must be > 0"):
         load_config(S1Config, None, {"lr": -1.0}).validate()
+
+
+
+def test_config_files_may_group_keys_by_section(tmp_path):
+    """A config file written nested, by the --help sections, gives the config of the flat file;
+    a key in the wrong section or given twice is one error naming it; a section name with a
+    scalar value (S1's ``model``) is the field; the shipped S4 preset is grouped."""
+    from aeclust_jax.studies.dsc import DSCConfig
+    from aeclust_jax.studies.skip_ae import S1Config
+    flat, nested = tmp_path / "flat.yaml", tmp_path / "nested.yaml"
+    flat.write_text("model: cae\nepochs: 3\nlr: 0.5\ndataset: fashion_mnist\ncluster_limit: 500\n"
+                    "seed: 4\nupsample: repeat\n")
+    nested.write_text("model: cae\ntraining: {epochs: 3, lr: 0.5}\ndata:\n  dataset: fashion_mnist\n"
+                      "evaluation: {cluster_limit: 500}\nrun: {seed: 4}\nupsample: repeat\n")
+    assert load_config(S1Config, nested) == load_config(S1Config, flat) != S1Config()
+    nested.write_text("model: {upsample: repeat}\ntraining: {epochs: 3}\n")
+    cfg = load_config(S1Config, nested)
+    assert (cfg.model, cfg.upsample, cfg.epochs) == (S1Config().model, "repeat", 3)
+    nested.write_text("training: {epochs: 3, dataset: mnist}\n")
+    with pytest.raises(ConfigError, match="dataset in .*nested.yaml belongs in section 'data', "
+                                          "not 'training'"):
+        load_config(S1Config, nested)
+    nested.write_text("epochs: 2\ntraining: {epochs: 3}\n")
+    with pytest.raises(ConfigError, match="epochs is given twice"):
+        load_config(S1Config, nested)
+    nested.write_text("training: {epoch: 3}\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epoch'\]"):
+        load_config(S1Config, nested)
+    preset = config_dir() / "s4_coil20.yaml"
+    assert "\ntraining:\n" in preset.read_text()
+    cfg = load_config(DSCConfig, preset)
+    assert (cfg.channels, cfg.lambda2, cfg.pretrain_epochs, cfg.ro, cfg.d) == ((15,), 150.0, 100, 0.04, 12)
 
 
 # ----------------------------------------------------------------------------- help
