@@ -250,6 +250,16 @@ def add_config_options(parser, cls, *, skip: tuple[str, ...] = ()) -> None:
                                help=f"{text}{shown}")
 
 
+def add_run_options(parser, cls, out_default: str, *, config_help: str | None = None,
+                    resume_help: str = "continue the run in --out") -> None:
+    """The options a study's ``train.py`` command has beside its config fields: ``--config``
+    (a YAML file of ``cls``'s fields), ``--out`` (the run folder; ``out_default`` names its
+    default pattern) and ``--resume``."""
+    parser.add_argument("--config", help=config_help or f"YAML file of {cls.__name__} fields")
+    parser.add_argument("--out", help=f"run folder (default {out_default})")
+    parser.add_argument("--resume", action="store_true", help=resume_help)
+
+
 class _NoneValue:
     """``--x none`` typed for an optional field (None itself means "not typed")."""
 

@@ -64,7 +64,6 @@ class MBConv(nn.Module):
         if self.expansion != 1:
             y = nn.Conv(cin * self.expansion, (1, 1), use_bias=False, name="expand_conv")(y)
             y = nn.relu6(_bn(train, "expand_bn")(y))
-        c = y.shape[-1]
         y = DepthwiseConv(self.kernel, self.stride, "SAME", name="depthwise_conv")(y)
         y = nn.relu6(_bn(train, "depthwise_bn")(y))
         y = nn.Conv(self.features, (1, 1), use_bias=False, name="project_conv")(y)

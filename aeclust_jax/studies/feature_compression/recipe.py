@@ -20,7 +20,8 @@ import optax
 
 from aeclust_jax import runs, train
 from aeclust_jax.cli import make_parser, prog_name
-from aeclust_jax.config import ConfigError, add_config_options, config_overrides, load_config, to_dict
+from aeclust_jax.config import (ConfigError, add_config_options, add_run_options, config_overrides,
+                                load_config, to_dict)
 from aeclust_jax.models.feature_ae import PRECISIONS, FeatureAE, bits_per_image, code_shape, quantize
 from aeclust_jax.studies.feature_compression.config import METHODS, FeatureCompressionConfig
 
@@ -504,9 +505,7 @@ def train_parser():
     p.add_argument("--model", choices=["feature_ae"], default="feature_ae", help="the study's model")
     add_config_options(p, FeatureCompressionConfig, skip=TUPLE_FIELDS)
     _add_tuple_options(p)
-    p.add_argument("--config", help="YAML file of FeatureCompressionConfig fields")
-    p.add_argument("--out", help="run folder (default runs/s5-<backbone>-<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_run_options(p, FeatureCompressionConfig, "runs/s5-<backbone>-<seed>")
     return p
 
 

@@ -20,7 +20,7 @@ from aeclust_jax import runs, train
 # and replace its submodule ``natural_cae.config``.
 from aeclust_jax import config as _config
 from aeclust_jax.cli import make_parser, prog_name
-from aeclust_jax.config import ConfigError, add_config_options, to_dict
+from aeclust_jax.config import ConfigError, add_config_options, add_run_options, to_dict
 from aeclust_jax.models.cae import CAE_MODELS, FEATURE_DIM
 from aeclust_jax.studies.natural_cae.config import RESNETS, S2Config, pretrained_file
 
@@ -340,9 +340,7 @@ def train_parser():
                                 "KNN accuracy.\nAn option left out takes its value from --config "
                                 "FILE.yaml, else the default shown.")
     add_config_options(p, S2Config)
-    p.add_argument("--config", help="YAML file of S2Config fields")
-    p.add_argument("--out", help="run folder (default runs/s2-<model>-<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_run_options(p, S2Config, "runs/s2-<model>-<seed>")
     return p
 
 

@@ -18,7 +18,8 @@ import optax
 
 from aeclust_jax import runs, train
 from aeclust_jax.cli import make_parser, prog_name
-from aeclust_jax.config import (ConfigError, add_config_options, config_overrides, load_config, to_dict)
+from aeclust_jax.config import (ConfigError, add_config_options, add_run_options, config_overrides,
+                                load_config, to_dict)
 from aeclust_jax.errors import UsageError
 from aeclust_jax.progress import Stages
 from aeclust_jax.models.mlp import MLPAutoencoder, mlp_autoencoder, mlp_classifier
@@ -385,13 +386,12 @@ def train_parser() -> argparse.ArgumentParser:
         f"An option left out takes its value from --config (default: {DEFAULT_CONFIG.name}),\n"
         "else the default shown (S3Config's).")
     add_config_options(p, S3Config)
-    p.add_argument("--config", help=f"YAML config of S3Config fields (default: {DEFAULT_CONFIG.name})")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars or lines (data preparation, training, evaluation stages)")
-    p.add_argument("--out", help="run folder (default runs/<dataset>-<model>-lf<fraction>-<seed>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoints (only --epochs may differ: "
-                        "a larger one trains the classifier on)")
+    add_run_options(p, S3Config, "runs/<dataset>-<model>-lf<fraction>-<seed>",
+                    config_help=f"YAML config of S3Config fields (default: {DEFAULT_CONFIG.name})",
+                    resume_help="continue the run in --out from its checkpoints (only --epochs may "
+                                "differ: a larger one trains the classifier on)")
     return p
 
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from aeclust_jax import runs, train
 from aeclust_jax.cli import make_parser, prog_name
-from aeclust_jax.config import (ConfigError, add_config_options, config_overrides, load_config, to_dict)
+from aeclust_jax.config import (ConfigError, add_config_options, add_run_options, config_overrides,
+                                load_config, to_dict)
 from aeclust_jax.models import get_model
 from aeclust_jax.progress import Stages
 from aeclust_jax.studies.skip_ae.config import CONFIG_DIR, S1Config
@@ -338,10 +339,9 @@ def train_parser() -> argparse.ArgumentParser:
                     "An option left out takes its value from --config (default:\n"
                     "configs/s1_<dataset>.yaml when present), else the default shown.")
     add_config_options(p, S1Config)
-    p.add_argument("--config", help="YAML config of S1Config fields (default: configs/s1_<dataset>.yaml "
-                                    "when present)")
-    p.add_argument("--out", help="run folder (default runs/<dataset>-<model>-<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_run_options(p, S1Config, "runs/<dataset>-<model>-<seed>",
+                    config_help="YAML config of S1Config fields (default: "
+                                "configs/s1_<dataset>.yaml when present)")
     return p
 
 

@@ -18,7 +18,7 @@ from aeclust_jax import runs, train
 # and replace its submodule ``supervised.config``.
 from aeclust_jax import config as _config
 from aeclust_jax.cli import make_parser, prog_name
-from aeclust_jax.config import ConfigError, add_config_options, to_dict
+from aeclust_jax.config import ConfigError, add_config_options, add_run_options, to_dict
 from aeclust_jax.studies.supervised.config import SupervisedConfig
 from aeclust_jax.train import supervised as sup
 
@@ -205,9 +205,7 @@ def train_parser():
                                 "reports the test accuracy.\nAn option left out takes its value "
                                 "from --config FILE.yaml, else the default shown.")
     add_config_options(p, SupervisedConfig)
-    p.add_argument("--config", help="YAML file of SupervisedConfig fields")
-    p.add_argument("--out", help="run folder (default runs/<dataset>-<model>-<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_run_options(p, SupervisedConfig, "runs/<dataset>-<model>-<seed>")
     return p
 
 
