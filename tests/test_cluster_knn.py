@@ -32,6 +32,8 @@ def test_vote_ties_go_to_smallest_label():
 
 def test_blocked_path(monkeypatch):
     monkeypatch.setattr(_knn, "_BLOCK_ENTRIES", 150 * 7)  # 7 test rows per block, last one padded
+    monkeypatch.setattr(_knn, "_MIN_BLOCK_ROWS", 1)
+    assert _knn._block_rows(150, 40) == 7
     rng = np.random.default_rng(1)
     tx, ty, qx = rng.normal(size=(150, 5)), rng.integers(0, 3, 150), rng.normal(size=(40, 5))
     np.testing.assert_array_equal(np.asarray(knn_classify(tx, ty, qx, k=3)), sk_predict(tx, ty, qx, 3))
