@@ -24,12 +24,13 @@ __all__ = ["spectral", "spectral_embedding", "dsc_affinity", "threshold_columns"
            "leading_eigvecs_chebyshev"]
 
 
-def _check_square(a, name):
-    a = jnp.asarray(a)
+def _check_square(a, name, xp=jnp):
+    """a as an (N, N) floating array of ``xp`` (jnp, or np to stay on the host)."""
+    a = xp.asarray(a)
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"{name} must be a square (N, N) matrix, got shape {a.shape}")
-    if not jnp.issubdtype(a.dtype, jnp.floating):
-        a = a.astype(jnp.float32)
+    if not xp.issubdtype(a.dtype, xp.floating):
+        a = a.astype(xp.float32)
     return a
 
 
@@ -41,17 +42,20 @@ def _normalised_adjacency(a):
     return dinv[:, None] * a * dinv[None, :]
 
 
-def _normalised_adjacency_host(affinity) -> tuple[np.ndarray, np.ndarray]:
-    """``_normalised_adjacency`` in float64 numpy, in place on one (N, N) buffer (the host
-    solver's input; 5 passes over the matrix), and the isolated-node mask (N,) bool."""
-    a = np.asarray(affinity, np.float64)
-    m = np.add(a, a.T)
-    m *= 0.5
+def _shifted_adjacency_host(affinity, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """sigma I - D^-1/2 A D^-1/2 of the symmetrised affinity (N, N) in float64 numpy, built in
+    place on one buffer (the host solver's input), and the isolated-node mask (N,) bool. A + A^T
+    is summed in the input's precision (exact for a symmetric input)."""
+    a = np.asarray(affinity)
+    if not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float64)
+    m = np.multiply(np.add(a, a.T), 0.5, dtype=np.float64)
     deg = m.sum(axis=1)
     isolated = deg == 0
     dinv = np.where(isolated, 0.0, 1.0 / np.sqrt(np.where(isolated, 1.0, deg)))
     m *= dinv[:, None]
-    m *= dinv[None, :]
+    m *= -dinv[None, :]
+    m.flat[::m.shape[0] + 1] += sigma
     return m, isolated
 
 
@@ -98,16 +102,20 @@ def leading_eigvecs_shift_invert(m: np.ndarray, k: int, *, seed: int = 0,
     1.6x faster on 2 idle cores than on one, the same numbers on one machine. The iteration's
     small products run on one thread: numpy and scipy each bring their own OpenBLAS, and two
     pools of spinning threads made it 2.3x slower (docs/cluster.md)."""
-    import scipy.linalg
-    n = m.shape[0]
     shifted = np.negative(m)
-    shifted.flat[::n + 1] += 1.0 + SHIFT
+    shifted.flat[::m.shape[0] + 1] += 1.0 + SHIFT
+    return _shift_invert(shifted, k, seed, max_iter, tol)
+
+
+def _shift_invert(shifted, k, seed, max_iter, tol):
+    """``leading_eigvecs_shift_invert`` from sigma I - m (N, N), which it overwrites."""
+    import scipy.linalg
     try:
         factor = scipy.linalg.cho_factor(shifted, lower=True, overwrite_a=True, check_finite=False)
     except np.linalg.LinAlgError:
         return None
     with _blas_controller().limit(limits=1, user_api="blas"):
-        return _shift_invert_iterations(factor, n, k, seed, max_iter, tol)
+        return _shift_invert_iterations(factor, shifted.shape[0], k, seed, max_iter, tol)
 
 
 @functools.cache
@@ -342,8 +350,8 @@ def spectral_embedding(affinity, n_components: int, *, solver: str = "auto"):
     if traced:
         raise ValueError("spectral_embedding: solver='shift_invert' runs on the host; under jit "
                          "use solver='eigh'")
-    m, isolated = _normalised_adjacency_host(affinity)
-    got = leading_eigvecs_shift_invert(m, int(n_components))
+    shifted, isolated = _shifted_adjacency_host(affinity, 1.0 + SHIFT)
+    got = _shift_invert(shifted, int(n_components), 0, MAX_ITER, TOL)
     if got is None:
         return _embedding_eigh(jnp.asarray(affinity), int(n_components))
     return jnp.asarray(_unit_rows(got[0], isolated), jnp.float32)
@@ -371,9 +379,10 @@ def spectral(affinity, n_clusters: int, *, key, n_init: int = 10,
         _check_n(n_clusters, a.shape[0], "spectral", "n_clusters")
         emb = _sparse_embedding(a, int(n_clusters), solver)
         return kmeans(emb, int(n_clusters), key=key, n_init=n_init).labels
-    a = _check_square(affinity, "affinity")
+    xp = jnp if isinstance(affinity, jax.Array) else np     # a host array stays on the host
+    a = _check_square(affinity, "affinity", xp)
     _check_n(n_clusters, a.shape[0], "spectral", "n_clusters")
-    if not isinstance(a, jax.core.Tracer) and bool(jnp.any(a < 0)):
+    if not isinstance(a, jax.core.Tracer) and bool(xp.any(a < 0)):
         raise ValueError("spectral: affinity must be non-negative")
     n_clusters = int(n_clusters)
     emb = spectral_embedding(a, n_clusters, solver=solver)
