@@ -62,6 +62,23 @@ def peers_to_time(names, runs: dict, skip, out: dict):
             yield name
 
 
+def add_speedups(out: dict, names) -> None:
+    """``out["speedup_vs_<name>"]`` = ``<name>_s / ours_s`` for each peer timed (None where it was
+    skipped or missing)."""
+    for name in names:
+        t = out.get(f"{name}_s")
+        out[f"speedup_vs_{name}"] = t / out["ours_s"] if isinstance(t, float) else None
+
+
+def worst_case_speedups(res: dict, cases, names) -> None:
+    """Top-level ``speedup`` (vs scikit-learn) and ``speedup_vs_<name>``: the worst of the cases
+    run (None when a case lacks that peer)."""
+    res["speedup"] = min(res[c]["speedup_vs_sklearn"] for c in cases)
+    for name in names:
+        v = [res[c][f"speedup_vs_{name}"] for c in cases]
+        res[f"speedup_vs_{name}"] = min(v) if all(isinstance(u, float) for u in v) else None
+
+
 def add_torch_device_option(parser) -> None:
     parser.add_argument("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="the PyTorch peer's device (auto: cuda when JAX runs on a GPU and "

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import (peers_to_time, best_of, emit, first_call, machine, mnist_pixels,  # noqa: E402
-                     optional_peers, require_peers)
+                     optional_peers, require_peers, add_speedups, worst_case_speedups)
 
 from aeclust_jax.cluster import kmeans  # noqa: E402
 
@@ -113,9 +113,7 @@ def bench(case: str, repeat: int, peers: dict, skip: tuple[str, ...]) -> dict:
             with threadpool_limits(1):
                 out["sklearn_1thread_s"], _ = best_of(runs[name], repeat)
 
-    for name in ("sklearn", "sklearn_1thread") + OPTIONAL:
-        t = out.get(f"{name}_s")
-        out[f"speedup_vs_{name}"] = t / out["ours_s"] if isinstance(t, float) else None
+    add_speedups(out, ("sklearn", "sklearn_1thread") + OPTIONAL)
     for name in OPTIONAL:
         if isinstance(out.get(f"{name}_inertia"), float):
             out[f"{name}_inertia_rel_diff_vs_sklearn"] = out[f"{name}_inertia"] / out["sklearn_inertia"] - 1
@@ -141,10 +139,7 @@ def main(argv=None):
     for c in cases:
         res[c] = bench(c, a.repeat if c == "small" else 1, peers, skip)
         print(c, res[c], flush=True)
-    res["speedup"] = min(res[c]["speedup_vs_sklearn"] for c in cases)
-    for name in ("sklearn_1thread",) + OPTIONAL:
-        v = [res[c][f"speedup_vs_{name}"] for c in cases]
-        res[f"speedup_vs_{name}"] = min(v) if all(isinstance(u, float) for u in v) else None
+    worst_case_speedups(res, cases, ("sklearn_1thread",) + OPTIONAL)
     res["machine"]["load_avg_1m_end"] = machine()["load_avg_1m"]
     emit(res)
 

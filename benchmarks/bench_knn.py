@@ -24,7 +24,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import best_of, emit, first_call, machine, optional_peers, peers_to_time, require_peers  # noqa: E402
+from _common import (add_speedups, best_of, emit, first_call, machine, optional_peers,  # noqa: E402
+                     peers_to_time, require_peers, worst_case_speedups)
 
 from aeclust_jax.cluster import knn_classify  # noqa: E402
 
@@ -85,9 +86,7 @@ def bench(case: str, k: int, repeat: int, peers: dict, skip) -> dict:
             out[f"{name}_agreement_vs_sklearn"] = float(np.mean(pred == want))
     out["agreement"] = float(np.mean(got == want))
     out["ours_test_accuracy"] = float(np.mean(got == qy))
-    for name in ("sklearn",) + OPTIONAL:
-        t = out.get(f"{name}_s")
-        out[f"speedup_vs_{name}"] = t / out["ours_s"] if isinstance(t, float) else None
+    add_speedups(out, ("sklearn",) + OPTIONAL)
     return out
 
 
@@ -109,10 +108,7 @@ def main(argv=None):
     # the keys earlier versions had at the top level (the small case's)
     first = res[cases[0]]
     res.update(ours_s=first["ours_s"], sklearn_s=first["sklearn_s"], agreement=first["agreement"])
-    res["speedup"] = min(res[c]["speedup_vs_sklearn"] for c in cases)
-    for name in OPTIONAL:
-        v = [res[c][f"speedup_vs_{name}"] for c in cases]
-        res[f"speedup_vs_{name}"] = min(v) if all(isinstance(u, float) for u in v) else None
+    worst_case_speedups(res, cases, OPTIONAL)
     res["machine"]["load_avg_1m_end"] = machine()["load_avg_1m"]
     emit(res)
 
