@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from aeclust_jax.config import ConfigError
+from aeclust_jax.config import RENAMED, ConfigError
 from aeclust_jax.errors import UserError
 
 
@@ -148,8 +148,11 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def config_diff(saved: Mapping[str, Any], new: Mapping[str, Any], *,
                 may_differ: Iterable[str] = ()) -> list[str]:
-    """``"field (saved -> new)"`` for every field outside ``may_differ`` whose value differs."""
+    """``"field (saved -> new)"`` for every field outside ``may_differ`` whose value differs. A
+    saved config written before a rename (config.RENAMED) is read with the new names."""
     skip = set(may_differ)
+    saved = {(RENAMED[k] if k in RENAMED and k not in new and RENAMED[k] in new else k): v
+             for k, v in saved.items()}
     return [f"{k} ({saved.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(saved) | set(new))
             if k not in skip and _jsonable(saved.get(k)) != _jsonable(new.get(k))]
 
@@ -162,6 +165,22 @@ def check_resume_config(saved: Mapping[str, Any], new: Mapping[str, Any], where,
     if diff:
         raise ConfigError(f"--resume: the config differs from {where} in {', '.join(diff)}; only "
                           f"{', '.join(sorted(may_differ))} may change on resume (start a new --out)")
+
+
+def finished_run(run_dir: str | os.PathLike, config: Mapping[str, Any], *,
+                 may_differ: Iterable[str] = ()) -> dict | None:
+    """A reproduction's reuse of one run folder: the run's metrics when it is complete and was
+    made with ``config`` (apart from ``may_differ``); None when it is not complete. A complete run
+    made with other settings raises ConfigError naming the fields: its numbers must not stand in
+    a table of another setting."""
+    run_dir = pathlib.Path(run_dir)
+    if not is_complete(run_dir):
+        return None
+    diff = config_diff(read_config(run_dir / "config.yaml"), config, may_differ=may_differ)
+    if diff:
+        raise ConfigError(f"{run_dir} holds a finished run made with other settings: "
+                          f"{', '.join(diff)}; choose another --runs folder (or the same settings)")
+    return read_json(run_dir / "metrics.json")
 
 
 def array_digest(array) -> str:

@@ -348,7 +348,6 @@ def test_every_study_config_speaks_the_one_vocabulary():
 
     from aeclust_jax.config import RENAMED, STAGES, TRAINING_PARAMS, section_of
     for study, _, cls in _study_configs():
-        defaults = cls()
         for f in dataclasses.fields(cls):
             name, where = f.name, (study, f.name)
             assert name not in RENAMED, where
@@ -390,6 +389,9 @@ def test_help_is_in_sections_and_renamed_options_name_their_new_name(tmp_path, c
     saved.write_text("n_cluster: 40\neval_batch: 64\nepochs: 2\n")
     cfg = load_config(S1Config, saved)
     assert (cfg.cluster_limit, cfg.eval_batch_size, cfg.epochs) == (40, 64, 2)
+    from aeclust_jax import runs        # ... and compares equal to the same config under new names
+    assert runs.config_diff({"n_cluster": 40, "epochs": 2}, {"cluster_limit": 40, "epochs": 2}) == []
+    assert runs.config_diff({"n_cluster": 40}, {"cluster_limit": 50}) == ["cluster_limit (40 -> 50)"]
     saved.write_text("n_cluster: 40\ncluster_limit: 50\n")        # both: the old one is unknown
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['n_cluster'\]"):
         load_config(S1Config, saved)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from aeclust_jax import runs, train
+from aeclust_jax.config import ConfigError
 from aeclust_jax.models.skip_ae import AEOutput
 from aeclust_jax.studies import skip_ae as s1
 
@@ -199,6 +200,12 @@ def test_reproduce_tiny(real_manual_dir, tmp_path):
     # a second call skips the complete runs (metrics untouched)
     stamp = (tmp_path / "runs" / "mnist-cae-0" / "metrics.json").stat().st_mtime_ns
     assert s1.reproduce_main(args) == 0
+    assert (tmp_path / "runs" / "mnist-cae-0" / "metrics.json").stat().st_mtime_ns == stamp
+    # a finished run made with other settings never stands in for the asked one: refused, untouched
+    with pytest.raises(ConfigError, match=r"mnist-cae-0 holds a finished run made with other settings: lr"):
+        s1.reproduce_main(args + ["--lr", "0.5"])
+    with pytest.raises(ConfigError, match="finished run of 2 epochs, more than the 1 asked"):
+        s1.reproduce_main(args + ["--epochs", "1"])
     assert (tmp_path / "runs" / "mnist-cae-0" / "metrics.json").stat().st_mtime_ns == stamp
 
 

@@ -268,3 +268,21 @@ def test_reproduce_paper_layout_on_stl10_like_fixture(tmp_path, monkeypatch, cap
     before = (runs_dir / "cae_v3-s1" / "metrics.json").stat().st_mtime_ns
     assert reproduce_main(argv) == 0
     assert (runs_dir / "cae_v3-s1" / "metrics.json").stat().st_mtime_ns == before
+    # ... also under other ResNet settings, which a CAE row does not read; a setting it reads is
+    # refused before anything runs, naming the run and the field
+    assert reproduce_main(argv + ["--resnet-epochs", "7", "--resnet-lr", "0.5"]) == 0
+    assert (runs_dir / "cae_v3-s1" / "metrics.json").stat().st_mtime_ns == before
+    capsys.readouterr()
+    assert run_main(reproduce_main, argv + ["--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "cae_v3-s0 holds a finished run made with other settings: epochs (1 -> 2)" in err
+    assert (runs_dir / "cae_v3-s1" / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_each_kind_of_row_may_differ_only_in_the_fields_it_does_not_read():
+    cae, resnet, effnet = (set(s2.reuse_may_differ(m)) for m in ("unet", "resnet50", "efficientnet_lite0"))
+    assert {"resnet_epochs", "resnet_lr", "pretrained_dir", "effnet_size"} <= cae
+    assert not {"epochs", "lr", "unlabeled_limit", "batch_size", "seed", "train_per_class"} & cae
+    assert {"epochs", "lr", "unlabeled_limit", "effnet_size"} <= resnet
+    assert not {"resnet_epochs", "resnet_lr", "image_size", "supervised_dataset", "batch_size"} & resnet
+    assert {"epochs", "resnet_epochs"} <= effnet and "effnet_size" not in effnet

@@ -216,12 +216,8 @@ def reproduce_main(argv: Sequence[str]) -> int:
             cfg = dataclasses.replace(base, seed=seed,
                                       feature_cache=str(work / name / "features"))
             run_dir = work / name / f"seed{seed}"
-            if runs.is_complete(run_dir):
-                m = runs.read_json(run_dir / "metrics.json")
-                saved = runs.read_config(run_dir / "config.yaml")
-                runs.check_resume_config(saved, to_dict(cfg), run_dir / "config.yaml",
-                                         may_differ=RESUME_MAY_DIFFER)
-            else:
+            m = runs.finished_run(run_dir, to_dict(cfg), may_differ=RESUME_MAY_DIFFER)
+            if m is None:
                 resume = run_dir.is_dir() and (run_dir / "config.yaml").is_file()
                 if run_dir.is_dir() and not resume:
                     import shutil

@@ -270,7 +270,7 @@ def run(cfg: S2Config, out: str | pathlib.Path, *, resume: bool = False,
     cfg = cfg.validate()
     out = runs.check_run_dir(out, resume=resume)
     if resume:
-        runs.check_resume(out, to_dict(cfg), may_differ=RESUME_MAY_DIFFER)
+        runs.check_resume(out, to_dict(cfg), may_differ=reuse_may_differ(cfg.model))
         if runs.is_complete(out):
             return runs.read_json(out / "metrics.json")
     t0 = time.perf_counter()
@@ -329,6 +329,21 @@ def _short(scores: dict) -> dict:
 # ----------------------------------------------------------------------------- train CLI
 
 RESUME_MAY_DIFFER = ("progress", "tsne", "checkpoint_every", "eval_batch_size", "feature_cache")
+# The fields only one kind of row reads. A saved run may differ from the asked config in the
+# other kinds' fields and still be resumed or reused: the CAE rows of a --runs folder serve a
+# reproduction with other ResNet settings, and the other way round.
+_KIND_FIELDS = {"cae": ("unlabeled_split", "unlabeled_limit", "epochs", "lr"),
+                "resnet": ("resnet_epochs", "resnet_lr", "resnet_warmup_epochs", "image_size",
+                           "pretrained_dir", "supervised_dataset", "supervised_path",
+                           "supervised_per_class"),
+                "effnet": ("effnet_size",)}
+
+
+def reuse_may_differ(model: str) -> tuple[str, ...]:
+    """The fields in which a saved run of ``model`` may differ from the asked config and still be
+    resumed or reused: RESUME_MAY_DIFFER and the fields only the other kinds of row read."""
+    kind = "cae" if model in CAE_MODELS else "resnet" if model in RESNETS else "effnet"
+    return RESUME_MAY_DIFFER + tuple(f for k, fs in _KIND_FIELDS.items() if k != kind for f in fs)
 
 
 def train_parser():

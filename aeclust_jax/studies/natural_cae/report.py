@@ -16,7 +16,7 @@ from aeclust_jax.config import add_config_options, config_overrides, load_config
 from aeclust_jax.errors import UsageError
 from aeclust_jax.models.cae import CAE_MODELS
 from aeclust_jax.studies.natural_cae.config import MODELS, RESNETS, S2Config
-from aeclust_jax.studies.natural_cae.recipe import _short, check_data, load_data, run
+from aeclust_jax.studies.natural_cae.recipe import _short, check_data, load_data, reuse_may_differ, run
 
 # ----------------------------------------------------------------------------- reproduce
 
@@ -246,18 +246,22 @@ def reproduce_main(argv: Sequence[str]) -> int:
     jobs = planned_jobs(base, args.models, list(range(args.seeds)), args.cross, cross_opts)
     for cfg in jobs.values():
         cfg.validate()
-    data = load_data(base)
-    for cfg in jobs.values():
-        check_data(cfg, data)
     out, runs_dir = pathlib.Path(args.out), pathlib.Path(args.runs)
     if base.feature_cache == "":
         base_cache = str(runs_dir / "feature_cache")
         jobs = {k: dataclasses.replace(c, feature_cache=base_cache) for k, c in jobs.items()}
+    # a finished run made with other settings is refused before anything loads or trains
+    finished = {name: runs.finished_run(runs_dir / name, to_dict(cfg),
+                                        may_differ=reuse_may_differ(cfg.model))
+                for name, cfg in jobs.items()}
+    data = load_data(base)
+    for cfg in jobs.values():
+        check_data(cfg, data)
     for name, cfg in jobs.items():
         d = runs_dir / name
-        resume = d.is_dir() and any(d.iterdir())
-        if args.report_only or (resume and runs.is_complete(d)):
+        if args.report_only or finished[name] is not None:
             continue
+        resume = d.is_dir() and any(d.iterdir())
         if base.progress:
             print(f"[s2] {name}", flush=True)
         run(cfg, d, resume=resume, data=data)

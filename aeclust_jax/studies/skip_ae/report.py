@@ -16,10 +16,10 @@ import numpy as np
 from aeclust_jax import grid, runs, train
 from aeclust_jax.grid import Task
 from aeclust_jax.cli import make_parser, prog_name
-from aeclust_jax.config import load_config, parse_key_values
+from aeclust_jax.config import ConfigError, load_config, parse_key_values, to_dict
 from aeclust_jax.errors import UsageError
 from aeclust_jax.studies.skip_ae.config import CONFIG_DIR, DATASETS, MODELS, S1Config
-from aeclust_jax.studies.skip_ae.recipe import plot_feature_maps, run
+from aeclust_jax.studies.skip_ae.recipe import RESUME_MAY_DIFFER, plot_feature_maps, run
 
 # ----------------------------------------------------------------------------- reproduce
 
@@ -107,9 +107,10 @@ def reproduce_main(argv: Sequence[str]) -> int:
                         cfg = dataclasses.replace(cfg, eval_every=every)
                     jobs.append((cfg.validate(), runs_dir / f"{ds}-{model}{suffix}-{seed}", model + suffix))
     print(f"S1: {len(jobs)} runs into {runs_dir}")
+    done = {run_dir for cfg, run_dir, _ in jobs if _finished(cfg, run_dir)}
     todo = []
     for cfg, run_dir, _ in [] if a.summary_only else grid.shard(jobs, a.shard):
-        if runs.is_complete(run_dir):
+        if run_dir in done:
             print(f"{run_dir}: complete, skipped")
         else:
             todo.append((cfg, run_dir))
@@ -121,6 +122,17 @@ def reproduce_main(argv: Sequence[str]) -> int:
     summary = summarize(jobs, out)
     print((out / "results.md").read_text())
     return 0 if summary else 1
+
+
+def _finished(cfg: S1Config, run_dir: pathlib.Path) -> bool:
+    """Whether ``run_dir`` holds this job, finished. A finished run made with other settings is
+    refused (ConfigError), and so is one trained for more epochs; one trained for fewer is not
+    finished (resuming it continues the training)."""
+    m = runs.finished_run(run_dir, to_dict(cfg), may_differ=RESUME_MAY_DIFFER)
+    if m is not None and m["epochs"] > cfg.epochs:
+        raise ConfigError(f"{run_dir} holds a finished run of {m['epochs']} epochs, more than the "
+                          f"{cfg.epochs} asked; choose another --runs folder (or --epochs {m['epochs']})")
+    return m is not None and m["epochs"] == cfg.epochs
 
 
 def _run_job(cfg: S1Config, run_dir: pathlib.Path) -> str:
