@@ -141,12 +141,14 @@ def test_pca_reduce_matches_scikit_learn_up_to_sign():
     np.testing.assert_allclose(np.abs(b), np.abs(p.transform(te)), rtol=1e-3, atol=1e-3)
 
 
-def _row(model, pf, bf, nmi, knn, mse=None, domain="in"):
+def _row(model, pf, bf, nmi, knn, mse=None, domain="in", train_acc=None):
     r = {"model": model, "domain": domain}
     for k, v in zip(s2.SCORES, (pf, bf, nmi, knn)):
         r[k] = {"mean": v, "std": 0.0}
     if mse is not None:
         r["recon_mse"] = {"mean": mse, "std": 0.0}
+    if train_acc is not None:
+        r["final_train_accuracy"] = {"mean": train_acc, "std": 0.0}
     return r
 
 
@@ -163,6 +165,17 @@ def test_claims():
     v = {c["claim"][:3]: c["verdict"] for c in s2.check_claims(rows2)}
     assert v == {"(1)": "does not hold", "(2)": "does not hold", "(3)": "not testable here",
                  "(4)": "does not hold"}
+    # a ResNet that did not train (train accuracy near chance, as a diverged ResNet-50 here) is
+    # left out of (2) and (4), and named; with one trained size left, (4) is not testable
+    rows3 = cae + [_row("resnet18", .80, .80, .78, .89, train_acc=.60),
+                   _row("resnet50", .18, .19, .02, .15, train_acc=.11)]
+    c = {c["claim"][:3]: c for c in s2.check_claims(rows3, chance=0.1)}
+    assert c["(2)"]["verdict"] == "holds" and c["(4)"]["verdict"] == "not testable here"
+    assert "left out: ResNet50 did not train (train accuracy 0.11, chance 0.10)" in c["(4)"]["numbers"]
+    assert "ResNet50" not in c["(2)"]["numbers"].split("; left out")[0]
+    rows3[-1]["final_train_accuracy"]["mean"] = 0.25              # trained, if poorly: counted
+    c = {c["claim"][:3]: c for c in s2.check_claims(rows3, chance=0.1)}
+    assert c["(2)"]["verdict"] == "does not hold" and c["(4)"]["verdict"] == "does not hold"
 
 
 # ----------------------------------------------------------------------------- CLIs
