@@ -18,6 +18,7 @@ import sys
 from typing import Callable, Sequence
 
 from aeclust_jax.errors import UsageError, UserError
+from aeclust_jax.host_memory import keep_freed_memory
 
 __all__ = ["MODEL_STUDY", "STUDY_MODULE", "UsageError", "make_parser", "prog_name", "run_main",
            "enable_compile_cache",
@@ -105,12 +106,14 @@ def enable_compile_cache() -> str | None:
 
 
 def run_main(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> int:
-    """Runs ``main(argv)`` with the XLA compile cache on (``enable_compile_cache``). A UserError
+    """Runs ``main(argv)`` with the XLA compile cache on (``enable_compile_cache``) and freed host
+    memory kept for reuse (``host_memory.keep_freed_memory``). A UserError
     prints one line ``error: ...`` on stderr and returns 2; Ctrl-C returns 130; any other
     exception propagates with its traceback (a bug: exit 1)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    enable_compile_cache()
     try:
+        keep_freed_memory()
+        enable_compile_cache()
         return int(main(argv) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -14,6 +14,16 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from aeclust_jax.errors import UsageError
+from aeclust_jax.host_memory import keep_freed_memory
+
+# As the command-line tools run (cli.run_main): freed host memory kept for reuse by both sides
+# of every benchmark, which share this process's malloc.
+try:
+    MALLOC_KEPT = keep_freed_memory()
+except UsageError as e:                    # a bad AECLUST_MALLOC: one line, exit 2
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 BENCH_EXTRA = "pip install -e '.[bench]'"
 
@@ -138,6 +148,7 @@ def machine() -> dict:
         "jax": jax.__version__,
         "python": platform.python_version(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
+        "malloc": "keep" if MALLOC_KEPT else "system",
     }
 
 

@@ -82,6 +82,7 @@ def test_run_all_quick_runs_every_benchmark_script(tmp_path, monkeypatch, real_m
 
     feats = rows["features"]["result"]          # --quick --rows resnet18 train_resnet18
     assert feats["benchmark"] == "features" and feats["quick"] is True
+    assert feats["machine"]["malloc"] == "keep"          # as the tools run (host_memory)
     assert set(feats["rows"]) == {"resnet18", "train_resnet18"} == set(feats["target_met"])
     for name, row in feats["rows"].items():
         for key in ("ours_images_per_s", "torch_images_per_s", "speedup", "ours_first_call_s",
@@ -128,6 +129,7 @@ def test_run_all_collects_each_scripts_last_line_and_fails_on_a_broken_one(tmp_p
     """run_all on three stand-in scripts: one that works, one whose peer is missing (exit 2,
     the one-line message of _common.require_peers), one that crashes."""
     monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.delenv("AECLUST_MALLOC", raising=False)
     import run_all
     scripts = {
         "ok.py": 'print("warming up")\nprint(\'{"speedup": 2.5, "ours_s": 0.1}\')',
@@ -151,6 +153,7 @@ def test_run_all_collects_each_scripts_last_line_and_fails_on_a_broken_one(tmp_p
     assert rows["broken"]["status"] == "failed" and "shape mismatch" in rows["broken"]["error"]
     md = (out / "run_all.md").read_text()
     assert "| stage ok.py (`ok.py`) | - | - | peer | 2.50x |" in md and report["machine"]["cores"] >= 1
+    assert ", malloc keep (aeclust_jax.host_memory)," in md
     assert "| failed: exit status 1: " in md and "shape mismatch" in md
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["failed"] == ["broken"] and summary["speedup"]["ok"] == 2.5
