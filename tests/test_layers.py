@@ -16,7 +16,8 @@ from jax import lax
 from aeclust_jax.models import layers
 from aeclust_jax.models.layers import (Conv, Conv3x3, DepthwiseConv, _conv_dot_wgrad, conv2d,
                                       conv3x3, cpu_kernels, depthwise_conv,
-                                      fused_max_pool_2x2, max_pool_2x2, upsample_conv)
+                                      fused_max_pool_2x2, max_pool_2x2, pointwise_conv,
+                                      upsample_conv)
 from aeclust_jax.models.skip_ae import upsample2x
 
 SHAPES = [(2, 14, 14, 16, 1), (3, 8, 8, 8, 16), (1, 7, 5, 3, 2), (2, 1, 1, 1, 1), (2, 4, 9, 1, 4)]
@@ -276,3 +277,44 @@ def test_depthwise_conv_rejects_mismatched_kernel():
         depthwise_conv(jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 1, 5)))
     with pytest.raises(ValueError, match="padding"):
         depthwise_conv(jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 1, 4)), padding="FULL")
+
+
+@pytest.mark.parametrize("kind", ["random", "zeros", "constant"])
+@pytest.mark.parametrize("stride, h, w", [(1, 7, 5), (2, 7, 5), (2, 8, 8), (3, 1, 4)])
+def test_pointwise_conv_equals_lax_1x1_conv(stride, h, w, kind):
+    """Values and gradients (input and kernel) against XLA's conv, odd sizes and strides."""
+    x, _ = _dw_inputs(kind, (2, h, w, 6), 1, seed=h * 7 + w + stride)
+    kernel = jnp.asarray(np.random.default_rng(stride).normal(size=(1, 1, 6, 4)), jnp.float32)
+    lax_conv = lambda a, b: lax.conv_general_dilated(a, b, (stride, stride), "VALID",
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    want = lax_conv(x, kernel)
+    got = pointwise_conv(x, kernel, stride)
+    assert got.shape == want.shape == (2, -(-h // stride), -(-w // stride), 4)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    ct = jnp.asarray(np.random.default_rng(9).normal(size=want.shape), jnp.float32)
+    grads = lambda f: jax.vjp(f, x, kernel)[1](ct)
+    for g, r, name in zip(grads(lambda a, b: pointwise_conv(a, b, stride)), grads(lax_conv),
+                          ("input", "kernel")):
+        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5, err_msg=f"gradient wrt {name}")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_module_1x1_is_nn_conv(stride):
+    """Conv's 1x1 path (pointwise_conv): nn.Conv's parameters, values and gradients."""
+    x = jax.random.normal(jax.random.key(0), (3, 9, 8, 5))
+    ours, theirs = Conv(7, (1, 1), (stride, stride)), nn.Conv(7, (1, 1), (stride, stride),
+                                                              padding="VALID")
+    p_ours, p_theirs = ours.init(jax.random.key(3), x), theirs.init(jax.random.key(3), x)
+    jax.tree.map(np.testing.assert_array_equal, p_ours, p_theirs)
+    np.testing.assert_allclose(ours.apply(p_ours, x), theirs.apply(p_theirs, x), atol=1e-5)
+    ct = jax.random.normal(jax.random.key(4), theirs.apply(p_theirs, x).shape)
+    grad = lambda m: jax.grad(lambda p, t: jnp.sum(m.apply(p, t) * ct), argnums=(0, 1))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                 grad(ours)(p_ours, x), grad(theirs)(p_theirs, x))
+
+
+def test_pointwise_conv_rejects_other_kernels():
+    with pytest.raises(ValueError, match="kernel"):
+        pointwise_conv(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 2)))
+    with pytest.raises(ValueError, match="kernel"):
+        pointwise_conv(jnp.zeros((1, 4, 4, 3)), jnp.zeros((1, 1, 4, 2)))

