@@ -4,10 +4,10 @@ XLA:CPU allocates an executable's temporary buffer (hundreds of MB for a ResNet-
 batch 128: 866 MB) with ``malloc`` on every call and frees it at the end. glibc serves an
 allocation this large with a fresh ``mmap`` and returns it with ``munmap``, so every step
 page-faults all of it in again: ~290,000 faults and ~0.5 s of kernel time a step there, 12-45%
-of a CPU train step (measured). ``keep_freed_memory`` tells glibc to serve every allocation from one heap
-(``M_ARENA_MAX`` 1, ``M_MMAP_MAX`` 0) and never to trim it (``M_TRIM_THRESHOLD`` unlimited):
-the freed buffer is reused by the next step, with no faults. The command-line tools call it at
-start (``cli.run_main``), and so do the benchmarks; research code may call it first thing.
+of a CPU train step (measured). ``keep_freed_memory`` tells glibc to serve every allocation from
+one heap (``M_ARENA_MAX`` 1, ``M_MMAP_MAX`` 0) and never to trim it (``M_TRIM_THRESHOLD``
+unlimited): the freed buffer is reused by the next step, with no faults. The command-line tools
+call it at start (``cli.run_main``), and so do the benchmarks; research code may call it first.
 
 The cost: the process keeps its peak heap until it exits (freed memory is reused, not returned).
 ``AECLUST_MALLOC=system`` leaves glibc's defaults alone. On other C libraries (macOS, musl) this
