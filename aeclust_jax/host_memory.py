@@ -22,7 +22,7 @@ import platform
 
 from aeclust_jax.errors import UsageError
 
-__all__ = ["MALLOC_ENV", "keep_freed_memory"]
+__all__ = ["MALLOC_ENV", "keep_freed_memory", "malloc_choice"]
 
 MALLOC_ENV = "AECLUST_MALLOC"
 # glibc's mallopt parameters (malloc.h)
@@ -30,14 +30,19 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _UNLIMITED = -1            # mallopt takes an int; glibc stores the trim threshold as size_t
 
 
+def malloc_choice() -> str:
+    """``AECLUST_MALLOC``: ``keep`` (the default) or ``system``; anything else is a UsageError."""
+    choice = os.environ.get(MALLOC_ENV, "keep").strip().lower()
+    if choice not in ("keep", "system"):
+        raise UsageError(f"{MALLOC_ENV} must be keep or system, got {choice!r}")
+    return choice
+
+
 def keep_freed_memory() -> bool:
     """Sets glibc's malloc to reuse freed memory (module docstring). Returns whether it did:
     False under ``AECLUST_MALLOC=system`` or on a C library other than glibc. Call it before
     the first JAX computation: threads that already have their own malloc arena keep it."""
-    choice = os.environ.get(MALLOC_ENV, "keep").strip().lower()
-    if choice not in ("keep", "system"):
-        raise UsageError(f"{MALLOC_ENV} must be keep or system, got {choice!r}")
-    if choice == "system" or platform.libc_ver()[0] != "glibc":
+    if malloc_choice() == "system" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
     return all(libc.mallopt(param, value) == 1 for param, value in

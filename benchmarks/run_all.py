@@ -250,11 +250,12 @@ def cpu_vector_isa() -> str | None:
 
 def machine() -> dict:
     import jax
+    from aeclust_jax.host_memory import malloc_choice
     return {"cpu": cpu_model(), "isa": cpu_vector_isa(), "cores": os.cpu_count(),
             "backend": jax.default_backend(),
             "device": str(jax.devices()[0]), "jax": jax.__version__,
             "python": platform.python_version(),
-            "malloc": os.environ.get("AECLUST_MALLOC", "keep").strip().lower()}
+            "malloc": malloc_choice()}
 
 
 def last_json(stdout: str) -> dict | None:
@@ -361,6 +362,8 @@ def main(argv=None) -> int:
                    help="run nothing: remake the table (and --readme) from a saved run_all.json")
     a = p.parse_args(argv)
     try:                                                # checked before anything runs
+        from aeclust_jax.host_memory import malloc_choice
+        malloc_choice()                                 # a bad AECLUST_MALLOC: UsageError
         readme = a.readme.read_text() if a.readme else None
         if readme is not None:
             replace_block(readme, "", str(a.readme))

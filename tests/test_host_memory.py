@@ -18,8 +18,8 @@ glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 # Minor page faults of a call of a jitted op whose 128 MB result is freed on return (above
 # glibc's largest mmap threshold, 32 MB): the median of 9 calls after 10 warm-up calls. Kept,
 # the heap grows over the first few calls (up to ~8 here: results are freed on PjRt's threads,
-# so several can coexist) and then serves every call from freed memory. (numpy is no probe: it asks
-# for huge pages on big arrays, so its faults are few either way.)
+# so several can coexist) and then serves every call from freed memory. (numpy is no probe: it
+# asks for huge pages on big arrays, so its faults are few either way.)
 FAULTS = """
 import json, resource, sys
 from aeclust_jax.host_memory import keep_freed_memory
