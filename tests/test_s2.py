@@ -1,5 +1,5 @@
 """S2: the four autoencoders (shapes at 32 and 96 px, 128-d features, U-Net skips
-carry information), training lowers the MSE, the evaluation protocol against scikit-learn, PCA, the claims, and the
+carry information, equal to the literal networks in values and gradients), training lowers the MSE, the evaluation protocol against scikit-learn, PCA, the claims, and the
 train / reproduce CLIs end to end on small learnable image archives (CIFAR-like 32 px and an
 STL-10-like tar with an unlabeled split at 96 px)."""
 
@@ -60,6 +60,86 @@ def test_shapes_and_128d_feature(name, size):
     feat = jax.eval_shape(lambda v, x: model.apply(v, x, method=model.encode), variables, x)
     assert out.recon.shape == (2, size, size, 3) and out.feature.shape == (2, 128)
     assert feat.shape == (2, 128)
+
+
+def _literal_cae(name, params, x):
+    """The four CAEs as their docstrings state them, written with plain lax convs on literally
+    upsampled (jnp.repeat) maps and concatenated skips, no code shared with models/cae.py:
+    x (N, S, S, 3) -> (recon, feature)."""
+    def conv(name_, t, stride=1):
+        p = params[name_]
+        pad = ((1, 1), (1, 1)) if stride == 1 else ((0, 1), (0, 1))
+        return jax.lax.conv_general_dilated(t, p["kernel"], (stride, stride), pad,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+
+    def up(t):
+        return jnp.repeat(jnp.repeat(t, 2, axis=1), 2, axis=2)
+
+    relu = jax.nn.relu
+    if name == "cae_v3":
+        y = x
+        for i in range(4):
+            y = relu(conv(f"enc_conv{i + 1}", y))
+            n, h, w, c = y.shape
+            y = y.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+        code = y
+        for i in range(4):
+            y = up(relu(conv(f"dec_conv{i + 1}", y)))
+        n, h, w, c = code.shape
+        feature = code.reshape(n, 2, h // 2, 2, w // 2, c).mean(axis=(2, 4)).reshape(n, -1)
+        return jax.nn.sigmoid(conv("dec_out", y)), feature
+    maps, y = [], x
+    for i, stride in enumerate((1, 2, 2, 2)):
+        y = relu(conv(f"enc_conv{i + 1}", y, stride))
+        maps.append(y)
+    if name == "cae_v2":
+        dense = lambda name_, t: t @ params[name_]["kernel"] + params[name_]["bias"]
+        feature = dense("fc_enc", maps[-1].reshape(len(x), -1))
+        y = relu(dense("fc_dec", feature)).reshape(maps[-1].shape)
+    else:
+        feature = maps[-1].mean(axis=(1, 2))
+    for i, skip in enumerate(maps[-2::-1]):
+        y = up(y)
+        if name == "unet":
+            y = jnp.concatenate([y, skip], axis=-1)
+        y = relu(conv(f"dec_conv{i + 1}", y))
+    return jax.nn.sigmoid(conv("dec_out", y)), feature
+
+
+@pytest.mark.parametrize("name", CAE_MODELS)
+def test_cae_equals_the_literal_network_values_and_gradients(name):
+    """The decoders compute each upsample-then-conv on the small map (models.cae.UpConv): same
+    function and parameters as the literal network, values and parameter gradients, at 32 px on
+    real-looking images and on a constant image (ties everywhere in cae_v3's max pools)."""
+    x, _ = _colour_images(3, 32, 7)
+    x = jnp.asarray(np.concatenate([x / 255.0, np.full((1, 32, 32, 3), 0.5)]), jnp.float32)
+    model = get_model(name)
+    params = model.init(jax.random.key(3), x)["params"]
+    # biases are initialised to 0: make them non-zero and different so that they are checked too
+    params = jax.tree.map(lambda p: p + 0.05 * jnp.cos(jnp.arange(p.size)) if p.ndim == 1 else p,
+                          params)
+
+    def loss(fn, p):                       # MSE plus a feature term: gradients through both
+        r, f = fn(p)
+        return jnp.mean((r - x) ** 2) + 1e-2 * jnp.mean(f ** 2)
+
+    @jax.jit                               # one compile per side
+    def both(p):
+        ours_fn = lambda q: tuple(model.apply({"params": q}, x))
+        ref_fn = lambda q: _literal_cae(name, q, x)
+        return (ours_fn(p), ref_fn(p), jax.grad(lambda q: loss(ours_fn, q))(p),
+                jax.grad(lambda q: loss(ref_fn, q))(p))
+
+    (recon_o, feature_o), (recon, feature), ours, ref = both(params)
+    np.testing.assert_allclose(recon_o, recon, atol=2e-6)
+    np.testing.assert_allclose(feature_o, feature, rtol=1e-5, atol=1e-6)
+    for path, g in jax.tree_util.tree_leaves_with_path(ours):
+        r = ref
+        for k in path:
+            r = r[k.key]
+        scale = float(jnp.abs(r).max())
+        assert scale > 0, path
+        np.testing.assert_allclose(g, r, atol=1e-4 * scale, err_msg=str(path))
 
 
 def test_encode_is_the_feature_of_the_forward_pass_and_recon_in_unit_range():

