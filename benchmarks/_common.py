@@ -139,6 +139,21 @@ def best_of(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
     return min(times), out
 
 
+def rounds(ours: Callable[[], Any], peer: Callable[[], Any],
+           repeat: int) -> tuple[list[float], list[float]]:
+    """Seconds of `repeat` interleaved warm calls of peer and ours (ours blocked on): the two
+    sides see the same minutes of this shared machine's drifting speed."""
+    t_ours, t_peer = [], []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        peer()
+        t_peer.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        block(ours())
+        t_ours.append(time.perf_counter() - t)
+    return t_ours, t_peer
+
+
 def machine() -> dict:
     """Cores, jax device, and the 1-minute load average (contention from other processes)."""
     return {

@@ -39,7 +39,7 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import (add_torch_device_option, block, emit, first_call, machine,  # noqa: E402
-                     require_peers, torch_device, torch_synced)
+                     require_peers, rounds, torch_device, torch_synced)
 
 TARGET = 1.5
 # row -> (image size, batch) of the full run and of --quick
@@ -63,19 +63,6 @@ def images(n: int, size: int, seed: int = 0) -> np.ndarray:
     x = np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     return ((x / 255.0 - mean) / std).astype(np.float32)
-
-
-def rounds(ours, peer, repeat: int) -> tuple[list[float], list[float]]:
-    """Seconds of `repeat` interleaved warm calls of peer and ours."""
-    t_ours, t_peer = [], []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        peer()
-        t_peer.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        block(ours())
-        t_ours.append(time.perf_counter() - t)
-    return t_ours, t_peer
 
 
 def summary(batch: int, t_ours: list[float], t_peer: list[float], **extra) -> dict:

@@ -14,7 +14,7 @@ import pytest
 from jax import lax
 
 from aeclust_jax.models import layers
-from aeclust_jax.models.layers import (Conv, Conv3x3, DepthwiseConv, _conv_dot_wgrad, conv2d,
+from aeclust_jax.models.layers import (Conv, Conv3x3, DepthwiseConv, conv2d,
                                       conv3x3, cpu_kernels, depthwise_conv,
                                       fused_max_pool_2x2, max_pool_2x2, pointwise_conv,
                                       upsample_conv)
@@ -115,20 +115,31 @@ def test_max_pool_gradient_of_zeros_counts_windows():
 @pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch"])
 @pytest.mark.parametrize("cin,pads", [(1, ((1, 1), (1, 1))), (8, ((0, 1), (0, 1))),
                                        (3, ((1, 2), (1, 2)))])
-def test_conv_dot_wgrad_equals_autodiff_of_plain_conv(kind, cin, pads):
-    """The hand-written VJP of _conv_dot_wgrad (einsum kernel gradient, transposed input
-    gradient) against jax.grad of lax.conv_general_dilated itself."""
+def test_conv2d_whole_batch_gradient_equals_autodiff_of_plain_conv(kind, cin, pads):
+    """conv2d's VJP with the kernel gradient as one GEMM over the whole batch (small taps: S1's
+    one-channel image input, its layout taps-first, and the 2x2 phase kernels of upsample_conv)
+    against jax.grad of lax.conv_general_dilated itself."""
     x = jnp.asarray(_pool_inputs(7, 6)[kind][..., :1].repeat(cin, -1), jnp.float32)
     kh = 2 if cin == 8 else 3
     rng = np.random.default_rng(cin)
     kernel = jnp.asarray(rng.integers(-2, 3, (kh, kh, cin, 4)), jnp.float32)   # ties in weights
     plain = lambda t, k: lax.conv_general_dilated(t, k, (1, 1), pads,
                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(_conv_dot_wgrad(x, kernel, pads), plain(x, kernel), atol=1e-5)
+    np.testing.assert_allclose(conv2d(x, kernel, 1, pads), plain(x, kernel), atol=1e-5)
     ct = jax.random.normal(jax.random.key(5), plain(x, kernel).shape)
     grad = lambda f: jax.grad(lambda t, k: jnp.sum(f(t, k) * ct), argnums=(0, 1))(x, kernel)
-    for go, gr in zip(grad(lambda t, k: _conv_dot_wgrad(t, k, pads)), grad(plain)):
+    for go, gr in zip(grad(lambda t, k: conv2d(t, k, 1, pads)), grad(plain)):
         np.testing.assert_allclose(go, gr, rtol=1e-5, atol=1e-4)
+
+
+def test_kernel_gradient_batch_chunks():
+    """The whole batch when its taps fit in 32 MB, else the largest divisor of the batch whose
+    taps fit in 4 MB."""
+    assert layers._batch_chunk(128, 200_000) == 128            # 25.6 MB
+    assert layers._batch_chunk(128, 1 << 20) == 4               # 128 MB -> 4 images of 1 MB
+    assert layers._batch_chunk(100, 300_000) == 100             # 30 MB
+    assert layers._batch_chunk(100, 1_500_000) == 2             # 150 MB -> 2 (a divisor of 100)
+    assert layers._batch_chunk(7, 10 << 20) == 1                # one image is over 4 MB
 
 
 @pytest.mark.parametrize("k,stride,h,w,chunk_bytes", [
@@ -139,6 +150,7 @@ def test_conv2d_equals_autodiff_of_lax_conv(monkeypatch, k, stride, h, w, chunk_
     against jax.grad of lax.conv_general_dilated; chunk_bytes forces the kernel gradient's scan
     over chunks of images (1: one image a step; batch 3 has no other divisor)."""
     if chunk_bytes is not None:
+        monkeypatch.setattr(layers, "_WGRAD_WHOLE_BATCH_BYTES", 0)
         monkeypatch.setattr(layers, "_WGRAD_CHUNK_BYTES", chunk_bytes)
     x = _pool_inputs(h, w)[kind]
     x = jnp.asarray(np.concatenate([x, x[:1] * 0.5]).repeat(2, -1)[..., :5], jnp.float32)

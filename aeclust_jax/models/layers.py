@@ -122,38 +122,6 @@ def _phase_taps(padding: str, shared: bool) -> tuple[np.ndarray, tuple, tuple[in
     return m, offsets, (-first, extra + max(offsets) + k - 1 + first), extra
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_dot_wgrad(x: jax.Array, kernel: jax.Array, pads: tuple) -> jax.Array:
-    """lax conv (NHWC x HWIO, explicit pads) whose kernel gradient is one einsum over stacked
-    shifted slices of x. XLA CPU computes the kernel gradient of these 2-tap phase convs (output
-    larger than the kernel's support, Cout = 4 * features) as a 7x7-window convolution, 4-5x
-    slower (measured: 3.4 vs 0.7 ms for the S1 skip branch at batch 128)."""
-    return _conv(x, kernel, pads)
-
-
-def _conv_dot_wgrad_fwd(x, kernel, pads):
-    return _conv_dot_wgrad(x, kernel, pads), (x, kernel)
-
-
-def _conv_dot_wgrad_bwd(pads, res, ct):
-    x, kernel = res
-    # the conv is linear in x: transpose it (no recomputation of the forward pass)
-    x_transpose = jax.linear_transpose(lambda t: _conv(t, kernel, pads), x)
-    kh, kw, cin, _ = kernel.shape
-    ho, wo = ct.shape[1:3]
-    xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
-    if cin == 1:   # taps first: (T, N, H, W) . (N, H, W, Cout), both contractions contiguous
-        taps = jnp.stack([xp[:, i:i + ho, j:j + wo, 0] for i in range(kh) for j in range(kw)])
-        g_kernel = jnp.einsum("tbhw,bhwo->to", taps, ct).reshape(kernel.shape)
-    else:
-        taps = jnp.stack([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], 3)
-        g_kernel = jnp.einsum("bhwtc,bhwo->tco", taps, ct).reshape(kernel.shape)
-    return x_transpose(ct)[0], g_kernel
-
-
-_conv_dot_wgrad.defvjp(_conv_dot_wgrad_fwd, _conv_dot_wgrad_bwd)
-
-
 # Bytes of stacked taps (images x Ho x Wo x k*k*Cin floats) one step of the kernel gradient's
 # batch loop holds; see conv2d.
 _WGRAD_CHUNK_BYTES = 4 << 20
@@ -164,8 +132,17 @@ def _taps(xp: jax.Array, kh: int, kw: int, stride: int, ho: int, wo: int) -> jax
     return jnp.stack([_tap(xp, i, j, stride, ho, wo) for i in range(kh) for j in range(kw)], 3)
 
 
+# Up to this many bytes of stacked taps for the whole batch, the kernel gradient is one GEMM (S2's
+# phase convs: the CAEv1 step 1700 vs 1545 img/s with 4 MB chunks); ResNet-18's layers past its
+# stem (38-300 MB of taps at batch 128) are chunked.
+_WGRAD_WHOLE_BATCH_BYTES = 32 << 20
+
+
 def _batch_chunk(n: int, per_image_bytes: int) -> int:
-    """The largest divisor of n whose images' stacked taps fit in _WGRAD_CHUNK_BYTES (>= 1)."""
+    """n when the whole batch's stacked taps fit in _WGRAD_WHOLE_BATCH_BYTES, else the largest
+    divisor of n whose images' taps fit in _WGRAD_CHUNK_BYTES (>= 1)."""
+    if n * per_image_bytes <= _WGRAD_WHOLE_BATCH_BYTES:
+        return n
     limit = max(1, _WGRAD_CHUNK_BYTES // max(per_image_bytes, 1))
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
@@ -179,6 +156,10 @@ def _conv_kernel_grad(x, ct, kernel_shape, stride, pads):
     xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
 
     def grad(xc, cc):
+        if cin == 1:   # taps first: (T, B, Ho, Wo) . (B, Ho, Wo, Cout), both contractions contiguous
+            taps = jnp.stack([_tap(xc, i, j, stride, ho, wo)[..., 0]
+                              for i in range(kh) for j in range(kw)])
+            return jnp.einsum("tbhw,bhwo->to", taps, cc)[:, None, :]
         return jnp.einsum("bhwtc,bhwo->tco", _taps(xc, kh, kw, stride, ho, wo), cc)
 
     c = _batch_chunk(n, ho * wo * kh * kw * cin * x.dtype.itemsize)
@@ -201,7 +182,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> jax.Arr
     cotangent as the window) 1-13x slower than the forward conv. Here it is the batch-chunked
     GEMM of ``_conv_kernel_grad`` (stacked shifted/strided slices of the padded input against the
     cotangent; the stack of all taps of the whole batch at once, k*k times the input, was 2-3x
-    slower than chunks of a few MB). Input gradient: XLA's transposed conv (``linear_transpose``
+    slower than chunks of a few MB at ResNet's sizes; up to 32 MB of taps, as in S1 and S2's small
+    convs, the whole batch is one GEMM). Input gradient: XLA's transposed conv (``linear_transpose``
     of the forward, nothing recomputed); it costs about the forward's time for stride 1 and
     0.9-3x for stride 2 (a conv over the zero-dilated cotangent: 141 vs 110 ms at 32x32x64 k3 s2,
     38 vs 13 ms at k1 s2); one GEMM cotangent @ kernel^T followed by k*k interior-padded adds
@@ -271,8 +253,9 @@ def upsample_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, paddi
     row and column and each parity takes its own slice; with Cout < 4 one 3x3 window holding both
     parities is used instead (4 * Cout channels of output are too narrow for the slices to pay:
     S1's one-channel output layer was 3% of its step slower with them). On XLA:CPU the 2x2 convs'
-    kernel gradients are one einsum (``_conv_dot_wgrad``); CAEv1's train step went 1213 -> 1700
-    img/s (the literal up-then-conv) and S1's kept its speed.
+    kernel gradients are ``conv2d``'s GEMM (XLA's own was a large-window conv, 6x slower for the
+    whole CAEv1 step); CAEv1's train step went 1213 -> 1700 img/s (the literal up-then-conv) and
+    S1's kept its speed.
     """
     padding = padding.upper()
     if padding not in _FIRST_ROW or kernel.shape[:2] != (3, 3):
@@ -286,7 +269,7 @@ def upsample_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, paddi
     #   sum_{t_r, t_c} M[p, d_r, t_r] M[q, d_c, t_c] w[t_r, t_c, ci, co]
     k = jnp.einsum("prt,qsu,tuio->rsipqo", m, m, kernel).reshape(kk, kk, cin, 4 * cout)
     if kk == 2 and cpu_kernels():
-        y = _conv_dot_wgrad(x, k, (pads, pads))
+        y = conv2d(x, k, 1, (pads, pads))
     else:
         y = _conv(x, k, (pads, pads))
     n, hc, wc, _ = y.shape
@@ -461,8 +444,8 @@ class Conv3x3(nn.Module):
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         if upsampled:
             y = upsample_conv(x, kernel, None, self.padding)
-        elif x.shape[-1] == 1:     # image input: kernel gradient as one einsum (see _conv_dot_wgrad)
-            y = _conv_dot_wgrad(x, kernel, _PADS[self.padding])
+        elif x.shape[-1] == 1 and cpu_kernels():   # image input: kernel gradient by conv2d
+            y = conv2d(x, kernel, 1, _PADS[self.padding])
         else:
             y = conv3x3(x, kernel, self.padding)
         return (max_pool_2x2(y) if pooled else y) + bias
