@@ -115,7 +115,8 @@ def test_max_pool_gradient_of_zeros_counts_windows():
 @pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch"])
 @pytest.mark.parametrize("cin,pads", [(1, ((1, 1), (1, 1))), (8, ((0, 1), (0, 1))),
                                        (3, ((1, 2), (1, 2)))])
-def test_conv2d_whole_batch_gradient_equals_autodiff_of_plain_conv(kind, cin, pads):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_whole_batch_gradient_equals_autodiff_of_plain_conv(kind, cin, pads, stride):
     """conv2d's VJP with the kernel gradient as one GEMM over the whole batch (small taps: S1's
     one-channel image input, its layout taps-first, and the 2x2 phase kernels of upsample_conv)
     against jax.grad of lax.conv_general_dilated itself."""
@@ -123,12 +124,12 @@ def test_conv2d_whole_batch_gradient_equals_autodiff_of_plain_conv(kind, cin, pa
     kh = 2 if cin == 8 else 3
     rng = np.random.default_rng(cin)
     kernel = jnp.asarray(rng.integers(-2, 3, (kh, kh, cin, 4)), jnp.float32)   # ties in weights
-    plain = lambda t, k: lax.conv_general_dilated(t, k, (1, 1), pads,
+    plain = lambda t, k: lax.conv_general_dilated(t, k, (stride, stride), pads,
                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(conv2d(x, kernel, 1, pads), plain(x, kernel), atol=1e-5)
+    np.testing.assert_allclose(conv2d(x, kernel, stride, pads), plain(x, kernel), atol=1e-5)
     ct = jax.random.normal(jax.random.key(5), plain(x, kernel).shape)
     grad = lambda f: jax.grad(lambda t, k: jnp.sum(f(t, k) * ct), argnums=(0, 1))(x, kernel)
-    for go, gr in zip(grad(lambda t, k: conv2d(t, k, 1, pads)), grad(plain)):
+    for go, gr in zip(grad(lambda t, k: conv2d(t, k, stride, pads)), grad(plain)):
         np.testing.assert_allclose(go, gr, rtol=1e-5, atol=1e-4)
 
 
