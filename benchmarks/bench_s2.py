@@ -19,8 +19,8 @@ steps a side; the scores of both sides are reported. Last line: JSON with ``spee
 from __future__ import annotations
 
 import argparse
-import statistics
 import pathlib
+import statistics
 import sys
 
 import numpy as np
@@ -142,8 +142,13 @@ def train_cae_row(batch, repeat, device="cpu"):
         return loss
     peer = torch_synced(peer, device)
 
-    def steps(fn, n=CAE_STEPS_PER_ROUND):
-        return lambda: [fn() for _ in range(n)][-1]
+    def steps(fn):
+        """One round: CAE_STEPS_PER_ROUND calls of fn, returning the last one's loss."""
+        def run():
+            for _ in range(CAE_STEPS_PER_ROUND - 1):
+                fn()
+            return fn()
+        return run
 
     row = {"batch": batch, "image": [32, 32, 3], "torch_device": device,
            "steps_per_round": CAE_STEPS_PER_ROUND, "rounds": max(repeat, CAE_MIN_ROUNDS)}
