@@ -17,7 +17,7 @@ from aeclust_jax.models import layers
 from aeclust_jax.models.layers import (Conv, Conv3x3, DepthwiseConv, conv2d,
                                       conv3x3, cpu_kernels, depthwise_conv,
                                       fused_max_pool_2x2, max_pool_2x2, pointwise_conv,
-                                      upsample_conv)
+                                      upsample_conv, winograd_conv3x3)
 from aeclust_jax.models.skip_ae import upsample2x
 
 SHAPES = [(2, 14, 14, 16, 1), (3, 8, 8, 8, 16), (1, 7, 5, 3, 2), (2, 1, 1, 1, 1), (2, 4, 9, 1, 4)]
@@ -70,11 +70,13 @@ def _pool_inputs(h, w):
 
 @pytest.mark.parametrize("h,w", [(28, 28), (14, 14), (7, 7), (5, 3), (1, 1), (4, 6)])
 @pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch", "neg_inf"])
-def test_max_pool_values_and_gradient_equal_flax_max_pool(h, w, kind):
+@pytest.mark.parametrize("channels", [3, 64])   # 64: the forward as four strided slices
+def test_max_pool_values_and_gradient_equal_flax_max_pool(h, w, kind, channels):
     """The hand-written gradient (``fused_max_pool_2x2``, called directly so that it is tested on
     any backend) is exactly nn.max_pool's autodiff, ties included: one element per window (the
     first maximum in row-major order), never all tied ones."""
-    x = jnp.asarray(_pool_inputs(h, w)[kind], jnp.float32)
+    x = np.resize(_pool_inputs(h, w)[kind].transpose(3, 0, 1, 2), (channels, 2, h, w))
+    x = jnp.asarray(x.transpose(1, 2, 3, 0), jnp.float32)
     flax_pool = lambda t: nn.max_pool(t, (2, 2), strides=(2, 2), padding="SAME")
     np.testing.assert_array_equal(fused_max_pool_2x2(x), flax_pool(x))
     ct = jax.random.normal(jax.random.key(1), flax_pool(x).shape)
@@ -131,6 +133,68 @@ def test_conv2d_whole_batch_gradient_equals_autodiff_of_plain_conv(kind, cin, pa
     grad = lambda f: jax.grad(lambda t, k: jnp.sum(f(t, k) * ct), argnums=(0, 1))(x, kernel)
     for go, gr in zip(grad(lambda t, k: conv2d(t, k, stride, pads)), grad(plain)):
         np.testing.assert_allclose(go, gr, rtol=1e-5, atol=1e-4)
+
+
+def _numpy_correlation(x, kernel, pads):
+    """float64 reference: sum over the 9 taps of shifted slices times the tap's matrix."""
+    x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+    xp = np.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+    ho, wo = xp.shape[1] - 2, xp.shape[2] - 2
+    return sum(xp[:, i:i + ho, j:j + wo] @ kernel[i, j] for i in range(3) for j in range(3))
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch"])
+@pytest.mark.parametrize("h,w,pads", [(8, 8, ((1, 1), (1, 1))), (7, 9, ((1, 1), (1, 1))),
+                                      (6, 5, ((0, 0), (0, 0))), (5, 6, ((2, 2), (2, 2))),
+                                      (9, 4, ((0, 2), (1, 0))), (1, 1, ((1, 1), (1, 1)))])
+def test_winograd_conv3x3_equals_the_correlation(m, kind, h, w, pads):
+    """Winograd F(m x m, 3 x 3) against a float64 numpy correlation: sizes that are not multiples
+    of the tile (the last tiles zero-padded), asymmetric pads, a 1x1 map; inputs with ties, zeros
+    and constants, integer weights. Error bound: ~1e-6 (m = 2) and ~2e-5 (m = 4) relative."""
+    rng = np.random.default_rng(h * 10 + w)
+    x = np.resize(_pool_inputs(h, w)[kind].transpose(3, 0, 1, 2), (5, 2, h, w)).transpose(1, 2, 3, 0)
+    kernel = rng.integers(-2, 3, (3, 3, 5, 7)).astype(np.float32)
+    ref = _numpy_correlation(x, kernel, pads)
+    y = winograd_conv3x3(jnp.asarray(x, jnp.float32), jnp.asarray(kernel), pads, m)
+    assert y.shape == ref.shape
+    tol = {2: 1e-6, 4: 1e-5}[m] * max(1.0, np.abs(ref).max())
+    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant"])
+@pytest.mark.parametrize("h,pads", [(8, ((1, 1), (1, 1))),      # F(4x4) forward and input gradient
+                                    (6, ((1, 1), (1, 1))),      # F(2x2)
+                                    (14, ((0, 2), (2, 0))),     # F(2x2) forward, F(4x4) gradient
+                                    (3, ((1, 1), (1, 1)))])     # XLA's conv: tiles mostly padding
+def test_conv2d_with_winograd_equals_autodiff_of_lax_conv(kind, h, pads):
+    """conv2d on the 64-channel shapes where ``_winograd_tile`` picks Winograd (forward and
+    the input gradient, a 3x3 conv of the cotangent with the flipped kernel): values and both
+    gradients against jax.grad of lax.conv_general_dilated, on ties, zeros and constants."""
+    ho = h + sum(pads[0]) - 2
+    expect = {8: 4, 6: 2, 14: 2, 3: 0}[h]
+    assert layers._winograd_tile(ho, ho, 64, 64) == expect
+    x = np.resize(_pool_inputs(h, h)[kind].transpose(3, 0, 1, 2), (64, 2, h, h))
+    x = jnp.asarray(x.transpose(1, 2, 3, 0), jnp.float32)
+    rng = np.random.default_rng(h)
+    kernel = jnp.asarray(rng.integers(-2, 3, (3, 3, 64, 64)) / 24.0, jnp.float32)
+    plain = lambda t, k: lax.conv_general_dilated(t, k, (1, 1), pads,
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ref = plain(x, kernel)
+    scale = max(1.0, float(jnp.abs(ref).max()))
+    np.testing.assert_allclose(conv2d(x, kernel, 1, pads), ref, rtol=0, atol=5e-5 * scale)
+    ct = jax.random.normal(jax.random.key(3), ref.shape)
+    grad = lambda f: jax.grad(lambda t, k: jnp.sum(f(t, k) * ct), argnums=(0, 1))(x, kernel)
+    for go, gr in zip(grad(lambda t, k: conv2d(t, k, 1, pads)), grad(plain)):
+        np.testing.assert_allclose(go, gr, rtol=0, atol=5e-5 * max(1.0, float(jnp.abs(gr).max())))
+
+
+def test_winograd_tile_choice():
+    """Winograd only where it was measured faster: 64+ channels, maps of 4-64 px."""
+    tile = layers._winograd_tile
+    assert [tile(s, s, 256, 256) for s in (224, 112, 56, 28, 14, 12, 8, 6, 4, 3)] == \
+        [0, 0, 4, 4, 2, 4, 4, 2, 2, 0]
+    assert tile(28, 28, 32, 512) == 0 and tile(28, 27, 512, 512) == 0
 
 
 def test_kernel_gradient_batch_chunks():

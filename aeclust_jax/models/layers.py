@@ -6,6 +6,7 @@
     y = conv2d(x, kernel, stride, pads)          # == lax conv; kernel gradient as chunked GEMMs
     y = conv(x, kernel, stride, pads)            # the fastest of these convs for the backend
     y = pointwise_conv(x, kernel, stride)        # == lax 1x1 conv, as one matmul
+    y = winograd_conv3x3(x, kernel, pads, m)     # == lax 3x3 stride-1 conv, Winograd F(m, 3)
 
 Why (benchmarks/bench_train_step.py, 2-core CPU): in the S1 decoders most time went to 3x3 convs
 on nearest-upsampled maps (28x28x16 -> 1 alone was a quarter of the step: Eigen's conv is poor with
@@ -26,7 +27,9 @@ a 1x1 kernel and no padding is ``pointwise_conv``, a matmul on every backend.
 
 Conv kernel gradients (ResNet's ``Conv``): XLA:CPU's autodiff of a conv computes dL/dkernel 1-13x
 slower than the forward conv; ``conv2d`` computes it as GEMMs of stacked shifted slices of the
-input, a few images at a time; see ``conv2d``.
+input, a few images at a time; see ``conv2d``. Its forward conv and input gradient are Winograd
+F(4x4 or 2x2, 3x3) for 3x3 stride-1 convs of 64+ channels on 4-64-px maps (VGG-16 extraction
+1.4x, ResNet-18 1.17x; ``winograd_conv3x3``, ``_winograd_tile``).
 
 These kernels are for XLA:CPU. On a GPU (or TPU) ``Conv``, ``upsample_conv`` and ``max_pool_2x2``
 use XLA's own conv and reduce-window gradients (cuDNN's), the same values: ``cpu_kernels()``
@@ -173,10 +176,107 @@ def _conv_kernel_grad(x, ct, kernel_shape, stride, pads):
     return g.reshape(kernel_shape)
 
 
+# Winograd F(m x m, 3 x 3) (Lavin & Gray 2016): for each m x m output tile,
+# Y = AT [(G g G^T) * (BT d B)] A over the (m + 2)^2 input tile d, as (m + 2)^2 GEMMs over tiles.
+_WINOGRAD = {
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]),
+        np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]]),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]])),
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                  [0, 1, -1, 8, -8, 1]])),
+}
+
+
+def _combine(coefs: np.ndarray, terms: list) -> jax.Array:
+    """sum_i coefs[i] * terms[i], skipping zero coefficients (the transforms are sparse)."""
+    out = None
+    for c, t in zip(coefs, terms):
+        if c != 0:
+            v = t if c == 1 else -t if c == -1 else t * np.asarray(c, t.dtype)
+            out = v if out is None else out + v
+    return out
+
+
+def _winograd_tile(ho: int, wo: int, cin: int, cout: int) -> int:
+    """The output tile m of ``winograd_conv3x3`` for this 3x3 stride-1 conv (output Ho x Wo),
+    0 = XLA's conv. Measured on XLA:CPU (2 cores, ms, XLA conv / F(2x2) / F(4x4); shapes
+    batch x map x Cin -> Cout): 8x56x256->256 111 / 126 / 83; 8x28x512->512 119 / 88 / 65;
+    8x14x512->512 27 / 25 / 34; 32x24x64->64 9.3 / 12.3 / 5.7; 32x12x128->128 6.6 / 4.2 / 4.7;
+    32x6x256->256 5.7 / 3.8 / 6.3; 128x32x64->64 103 / 109 / 74; 128x8x256->256 38 / 40 / 30;
+    128x4x512->512 39 / 34 / 37; slower on 224- and 112-px maps (137 / 315 / 236 at
+    8x224x64->64) and on 3x3 maps, where the tiles are mostly padding."""
+    if min(cin, cout) < 64 or max(ho, wo) > 64:
+        return 0
+    if min(ho, wo) >= 8 and ho % 4 == 0 and wo % 4 == 0:
+        return 4
+    if min(ho, wo) >= 4 and ho % 2 == 0 and wo % 2 == 0:
+        return 2
+    return 0
+
+
+def winograd_conv3x3(x: jax.Array, kernel: jax.Array, pads: tuple, m: int) -> jax.Array:
+    """3x3 stride-1 correlation by Winograd F(m x m, 3 x 3), m = 2 or 4: x (N, H, W, Cin),
+    kernel (3, 3, Cin, Cout), pads ((top, bottom), (left, right)) -> (N, Ho, Wo, Cout) with
+    Ho = H + top + bottom - 2: the values of ``lax.conv_general_dilated`` to float rounding
+    (relative error ~1e-6 for m = 2, ~2e-5 for m = 4, vs ~1e-6 for XLA's conv). The input is cut
+    into (m + 2)^2 tiles every m pixels (the last ones zero-padded), transformed as BT d B, one
+    GEMM per tile position against G g G^T, (m + 2)^2 of them, and AT M A gives the m x m outputs:
+    (m + 2)^2 / m^2 = 2.25x fewer multiplies for m = 4, 4x more data moved around them. Each
+    transform is two passes of sparse row/column combinations (a stack per pass; one pass of
+    the 36 combinations or a dense einsum was 3-5x slower). Plain jnp: autodiff works."""
+    bt, g, at = (np.asarray(t, np.float64) for t in _WINOGRAD[m])
+    a = m + 2
+    n, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    (pt, pb), (pl, pr) = pads
+    ho, wo = h + pt + pb - 2, w + pl + pr - 2
+    th, tw = -(-ho // m), -(-wo // m)
+    xp = jnp.pad(x, ((0, 0), (pt, th * m + 2 - h - pt), (pl, tw * m + 2 - w - pl), (0, 0)))
+
+    def every_m(y, start, count, axis):
+        return lax.slice_in_dim(y, start, start + (count - 1) * m + 1, m, axis=axis)
+
+    rows = [every_m(xp, i, th, 1) for i in range(a)]
+    r = jnp.stack([_combine(bt[u], rows) for u in range(a)])             # (a, N, th, Wp, Cin)
+    cols = [every_m(r, j, tw, 3) for j in range(a)]
+    v = jnp.stack([_combine(bt[u], cols) for u in range(a)], 1)          # (a, a, N, th, tw, Cin)
+    gk = jnp.stack([_combine(g[u], [kernel[i] for i in range(3)]) for u in range(a)])
+    u = jnp.stack([_combine(g[v_], [gk[:, j] for j in range(3)]) for v_ in range(a)], 1)
+    mm = lax.dot_general(v.reshape(a * a, n * th * tw, cin), u.reshape(a * a, cin, cout),
+                         (((2,), (1,)), ((0,), (0,))))                    # (a*a, tiles, Cout)
+    mm = mm.reshape(a, a, n, th, tw, cout)
+    y = []
+    for i in range(m):
+        ri = [_combine(at[i], [mm[k, l] for k in range(a)]) for l in range(a)]
+        y.append(jnp.stack([_combine(at[j], ri) for j in range(m)], 3))  # (N, th, tw, m, Cout)
+    y = jnp.stack(y, 2).reshape(n, th * m, tw * m, cout)                 # (N, th, m, tw, m, C)
+    # XLA:CPU may put these slices and adds into one YNNPACK fusion with the ops after the conv
+    # (VGG-16's last conv, pool and classifier: 1.3 s a batch instead of ~0.1 s); the barrier
+    # keeps the transform a loop fusion of its own
+    return lax.optimization_barrier(y[:, :ho, :wo])
+
+
+def _conv_forward(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> jax.Array:
+    """conv2d's values: Winograd where ``_winograd_tile`` picks it (3x3, stride 1), else XLA's."""
+    kh, kw, cin, cout = kernel.shape
+    if (kh, kw) == (3, 3) and stride == 1:
+        ho = x.shape[1] + sum(pads[0]) - 2
+        wo = x.shape[2] + sum(pads[1]) - 2
+        m = _winograd_tile(ho, wo, cin, cout)
+        if m:
+            return winograd_conv3x3(x, kernel, pads, m)
+    return _conv(x, kernel, pads, stride)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> jax.Array:
     """Correlation NHWC x HWIO, stride (s, s), explicit pads ((top, bottom), (left, right)), no
-    dilation or groups: values are ``lax.conv_general_dilated``'s; its gradients are GEMMs.
+    dilation or groups: values are ``lax.conv_general_dilated``'s (to float rounding); its
+    kernel gradient is a GEMM.
 
     Why: XLA:CPU computes the kernel gradient of a conv (autodiff: a conv of x with the
     cotangent as the window) 1-13x slower than the forward conv. Here it is the batch-chunked
@@ -207,8 +307,12 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> jax.Arr
 
     A loop of k*k per-tap GEMMs and channel-major taps were within noise of the stacked GEMM
     once chunked; the chunk size (1-8 MB) mattered little. The kernel gradient here is never
-    slower than XLA's at these shapes, so it is used for every shape."""
-    return _conv(x, kernel, pads, stride)
+    slower than XLA's at these shapes, so it is used for every shape.
+
+    The forward conv, and the input gradient of a 3x3 stride-1 conv (a 3x3 conv of the
+    cotangent with the flipped kernel), are ``winograd_conv3x3`` where ``_winograd_tile`` picks
+    it (64+ channels, maps of 4-64 px), XLA's conv elsewhere."""
+    return _conv_forward(x, kernel, stride, pads)
 
 
 def _conv2d_fwd(x, kernel, stride, pads):
@@ -217,8 +321,13 @@ def _conv2d_fwd(x, kernel, stride, pads):
 
 def _conv2d_bwd(stride, pads, res, ct):
     x, kernel = res
-    # the conv is linear in x: transpose it (no recomputation of the forward pass)
-    dx = jax.linear_transpose(lambda t: _conv(t, kernel, pads, stride), x)(ct)[0]
+    (pt, pb), (pl, pr) = pads
+    if kernel.shape[:2] == (3, 3) and stride == 1 and max(pt, pb, pl, pr) <= 2:
+        # dx[i] = sum_t ct[i - t + pad] k[t]: a 3x3 correlation of ct with the flipped kernel
+        flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+        dx = _conv_forward(ct, flipped, 1, ((2 - pt, 2 - pb), (2 - pl, 2 - pr)))
+    else:   # the conv is linear in x: transpose it (no recomputation of the forward pass)
+        dx = jax.linear_transpose(lambda t: _conv(t, kernel, pads, stride), x)(ct)[0]
     return dx, _conv_kernel_grad(x, ct, kernel.shape, stride, pads)
 
 
@@ -317,8 +426,17 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 @jax.custom_vjp
 def fused_max_pool_2x2(x: jax.Array) -> jax.Array:
-    """``max_pool_2x2`` as elementwise ops with a hand-written gradient (see there)."""
-    return _pool_blocks(x).max(axis=(2, 4))
+    """``max_pool_2x2`` as elementwise ops with a hand-written gradient (see there).
+
+    With 64+ channels it is the maximum of the four strided slices: XLA:CPU may put the reduce
+    over 2x2 blocks into one YNNPACK fusion with the dots after it, 25x slower (VGG-16's last
+    pool and classifier, Winograd convs before them: 1.25 s vs 53 ms at batch 8). Narrow maps
+    keep the reduce (S1's 1-16 channels: dae_skip's train step 6771 vs 6017 img/s)."""
+    b = _pool_blocks(x)
+    if x.shape[-1] < 64:
+        return b.max(axis=(2, 4))
+    return jnp.maximum(jnp.maximum(b[:, :, 0, :, 0], b[:, :, 0, :, 1]),
+                       jnp.maximum(b[:, :, 1, :, 0], b[:, :, 1, :, 1]))
 
 
 def _max_pool_fwd(x):
@@ -464,4 +582,4 @@ class Conv3x3(nn.Module):
 
 
 __all__ = ("Conv", "Conv3x3", "DepthwiseConv", "conv2d", "conv3x3", "depthwise_conv",
-           "max_pool_2x2", "same_padding", "upsample_conv")
+           "max_pool_2x2", "same_padding", "upsample_conv", "winograd_conv3x3")
