@@ -163,16 +163,18 @@ def test_winograd_conv3x3_equals_the_correlation(m, kind, h, w, pads):
 
 
 @pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant"])
-@pytest.mark.parametrize("h,pads", [(8, ((1, 1), (1, 1))),      # F(4x4) forward and input gradient
+@pytest.mark.parametrize("h,pads", [(8, ((1, 1), (1, 1))),      # F(4x4) everywhere
                                     (6, ((1, 1), (1, 1))),      # F(2x2)
-                                    (14, ((0, 2), (2, 0))),     # F(2x2) forward, F(4x4) gradient
+                                    (14, ((0, 2), (2, 0))),     # F(2x2), asymmetric pads
+                                    (10, ((0, 0), (0, 0))),     # F(4x4), input gradient F(2x2)
                                     (3, ((1, 1), (1, 1)))])     # XLA's conv: tiles mostly padding
 def test_conv2d_with_winograd_equals_autodiff_of_lax_conv(kind, h, pads):
-    """conv2d on the 64-channel shapes where ``_winograd_tile`` picks Winograd (forward and
-    the input gradient, a 3x3 conv of the cotangent with the flipped kernel): values and both
-    gradients against jax.grad of lax.conv_general_dilated, on ties, zeros and constants."""
+    """conv2d on the 64-channel shapes where ``_winograd_tile`` picks Winograd (forward, the
+    input gradient as a 3x3 conv of the cotangent with the flipped kernel, the kernel gradient
+    as the transposed algorithm): values and both gradients against jax.grad of
+    lax.conv_general_dilated, on ties, zeros and constants."""
     ho = h + sum(pads[0]) - 2
-    expect = {8: 4, 6: 2, 14: 2, 3: 0}[h]
+    expect = {8: 4, 6: 2, 14: 2, 10: 4, 3: 0}[h]
     assert layers._winograd_tile(ho, ho, 64, 64) == expect
     x = np.resize(_pool_inputs(h, h)[kind].transpose(3, 0, 1, 2), (64, 2, h, h))
     x = jnp.asarray(x.transpose(1, 2, 3, 0), jnp.float32)
@@ -190,10 +192,10 @@ def test_conv2d_with_winograd_equals_autodiff_of_lax_conv(kind, h, pads):
 
 
 def test_winograd_tile_choice():
-    """Winograd only where it was measured faster: 64+ channels, maps of 4-64 px."""
+    """Winograd only where it was measured faster: 64+ channels, maps up to 128 px."""
     tile = layers._winograd_tile
     assert [tile(s, s, 256, 256) for s in (224, 112, 56, 28, 14, 12, 8, 6, 4, 3)] == \
-        [0, 0, 4, 4, 2, 4, 4, 2, 2, 0]
+        [0, 4, 4, 4, 2, 4, 4, 2, 4, 0]
     assert tile(28, 28, 32, 512) == 0 and tile(28, 27, 512, 512) == 0
 
 

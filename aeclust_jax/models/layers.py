@@ -27,9 +27,9 @@ a 1x1 kernel and no padding is ``pointwise_conv``, a matmul on every backend.
 
 Conv kernel gradients (ResNet's ``Conv``): XLA:CPU's autodiff of a conv computes dL/dkernel 1-13x
 slower than the forward conv; ``conv2d`` computes it as GEMMs of stacked shifted slices of the
-input, a few images at a time; see ``conv2d``. Its forward conv and input gradient are Winograd
-F(4x4 or 2x2, 3x3) for 3x3 stride-1 convs of 64+ channels on 4-64-px maps (VGG-16 extraction
-1.4x, ResNet-18 1.17x; ``winograd_conv3x3``, ``_winograd_tile``).
+input, a few images at a time; see ``conv2d``. Its forward conv and both gradients are Winograd
+F(4x4 or 2x2, 3x3) for 3x3 stride-1 convs of 64+ channels on maps up to 128 px (VGG-16
+extraction and ResNet-18's train step ~1.5x; ``winograd_conv3x3``, ``_winograd_tile``).
 
 These kernels are for XLA:CPU. On a GPU (or TPU) ``Conv``, ``upsample_conv`` and ``max_pool_2x2``
 use XLA's own conv and reduce-window gradients (cuDNN's), the same values: ``cpu_kernels()``
@@ -203,35 +203,30 @@ def _combine(coefs: np.ndarray, terms: list) -> jax.Array:
 
 def _winograd_tile(ho: int, wo: int, cin: int, cout: int) -> int:
     """The output tile m of ``winograd_conv3x3`` for this 3x3 stride-1 conv (output Ho x Wo),
-    0 = XLA's conv. Measured on XLA:CPU (2 cores, ms, XLA conv / F(2x2) / F(4x4); shapes
-    batch x map x Cin -> Cout): 8x56x256->256 111 / 126 / 83; 8x28x512->512 119 / 88 / 65;
-    8x14x512->512 27 / 25 / 34; 32x24x64->64 9.3 / 12.3 / 5.7; 32x12x128->128 6.6 / 4.2 / 4.7;
-    32x6x256->256 5.7 / 3.8 / 6.3; 128x32x64->64 103 / 109 / 74; 128x8x256->256 38 / 40 / 30;
-    128x4x512->512 39 / 34 / 37; slower on 224- and 112-px maps (137 / 315 / 236 at
-    8x224x64->64) and on 3x3 maps, where the tiles are mostly padding."""
-    if min(cin, cout) < 64 or max(ho, wo) > 64:
+    0 = XLA's conv. Measured on XLA:CPU (2 cores, host memory kept, ms, XLA conv / F(2x2) /
+    F(4x4); batch x map x Cin -> Cout): 8x224x64->64 114 / 170 / 147; 8x112x128->128 108 / 113 /
+    76; 8x56x256->256 108 / 78 / 53; 8x28x512->512 108 / 64 / 46; 8x14x512->512 28 / 18 / 21;
+    32x12x128->128 5.0 / 7.0 / 4.1; 32x6x256->256 5.7 / 3.8-6.5 / 5.0; 32x3x512->512 6.4 / 7.6 /
+    9.7; 128x32x64->64 69 / 53 / 38; 128x4x512->512 34 / 21 / 19. So: 64+ channels (32 gained
+    at 32 px, not at 16), maps up to 128 px (on 224-px maps the transforms' memory traffic costs
+    more than the multiplies saved), F(4x4) on multiples of 4, F(2x2) on other even sizes."""
+    if min(cin, cout) < 64 or max(ho, wo) > 128:
         return 0
-    if min(ho, wo) >= 8 and ho % 4 == 0 and wo % 4 == 0:
+    if ho % 4 == 0 and wo % 4 == 0:
         return 4
-    if min(ho, wo) >= 4 and ho % 2 == 0 and wo % 2 == 0:
+    if ho % 2 == 0 and wo % 2 == 0:
         return 2
     return 0
 
 
-def winograd_conv3x3(x: jax.Array, kernel: jax.Array, pads: tuple, m: int) -> jax.Array:
-    """3x3 stride-1 correlation by Winograd F(m x m, 3 x 3), m = 2 or 4: x (N, H, W, Cin),
-    kernel (3, 3, Cin, Cout), pads ((top, bottom), (left, right)) -> (N, Ho, Wo, Cout) with
-    Ho = H + top + bottom - 2: the values of ``lax.conv_general_dilated`` to float rounding
-    (relative error ~1e-6 for m = 2, ~2e-5 for m = 4, vs ~1e-6 for XLA's conv). The input is cut
-    into (m + 2)^2 tiles every m pixels (the last ones zero-padded), transformed as BT d B, one
-    GEMM per tile position against G g G^T, (m + 2)^2 of them, and AT M A gives the m x m outputs:
-    (m + 2)^2 / m^2 = 2.25x fewer multiplies for m = 4, 4x more data moved around them. Each
-    transform is two passes of sparse row/column combinations (a stack per pass; one pass of
-    the 36 combinations or a dense einsum was 3-5x slower). Plain jnp: autodiff works."""
-    bt, g, at = (np.asarray(t, np.float64) for t in _WINOGRAD[m])
+def _winograd_input(x: jax.Array, pads: tuple, m: int) -> tuple[jax.Array, tuple]:
+    """BT d B of every (m + 2)^2 input tile d, tiles every m pixels of the zero-padded input:
+    x (N, H, W, Cin) -> (v ((m + 2)^2, N * th * tw, Cin), (N, th, tw, Ho, Wo)), th = ceil(Ho / m).
+    Two passes of sparse combinations, rows then columns, each materialised by a stack (one
+    stack of the 36 combinations re-read the input for each: 23 vs 5 ms at 8x28x28x512)."""
+    bt = np.asarray(_WINOGRAD[m][0], np.float64)
     a = m + 2
     n, h, w, cin = x.shape
-    cout = kernel.shape[-1]
     (pt, pb), (pl, pr) = pads
     ho, wo = h + pt + pb - 2, w + pl + pr - 2
     th, tw = -(-ho // m), -(-wo // m)
@@ -244,32 +239,64 @@ def winograd_conv3x3(x: jax.Array, kernel: jax.Array, pads: tuple, m: int) -> ja
     r = jnp.stack([_combine(bt[u], rows) for u in range(a)])             # (a, N, th, Wp, Cin)
     cols = [every_m(r, j, tw, 3) for j in range(a)]
     v = jnp.stack([_combine(bt[u], cols) for u in range(a)], 1)          # (a, a, N, th, tw, Cin)
-    gk = jnp.stack([_combine(g[u], [kernel[i] for i in range(3)]) for u in range(a)])
-    u = jnp.stack([_combine(g[v_], [gk[:, j] for j in range(3)]) for v_ in range(a)], 1)
-    mm = lax.dot_general(v.reshape(a * a, n * th * tw, cin), u.reshape(a * a, cin, cout),
-                         (((2,), (1,)), ((0,), (0,))))                    # (a*a, tiles, Cout)
-    mm = mm.reshape(a, a, n, th, tw, cout)
-    y = []
-    for i in range(m):
-        ri = [_combine(at[i], [mm[k, l] for k in range(a)]) for l in range(a)]
-        y.append(jnp.stack([_combine(at[j], ri) for j in range(m)], 3))  # (N, th, tw, m, Cout)
-    y = jnp.stack(y, 2).reshape(n, th * m, tw * m, cout)                 # (N, th, m, tw, m, C)
-    # XLA:CPU may put these slices and adds into one YNNPACK fusion with the ops after the conv
-    # (VGG-16's last conv, pool and classifier: 1.3 s a batch instead of ~0.1 s); the barrier
-    # keeps the transform a loop fusion of its own
-    return lax.optimization_barrier(y[:, :ho, :wo])
+    return v.reshape(a * a, n * th * tw, cin), (n, th, tw, ho, wo)
+
+
+def _two_sided(mat: np.ndarray, t: jax.Array) -> jax.Array:
+    """mat t mat^T over the two leading axes: t (k, k, ...) -> (r, r, ...) for mat (r, k), as two
+    passes of sparse combinations."""
+    k = mat.shape[1]
+    half = jnp.stack([_combine(mat[u], [t[i] for i in range(k)]) for u in range(len(mat))])
+    return jnp.stack([_combine(mat[u], [half[:, j] for j in range(k)]) for u in range(len(mat))], 1)
+
+
+def winograd_conv3x3(x: jax.Array, kernel: jax.Array, pads: tuple, m: int) -> jax.Array:
+    """3x3 stride-1 correlation by Winograd F(m x m, 3 x 3), m = 2 or 4: x (N, H, W, Cin),
+    kernel (3, 3, Cin, Cout), pads ((top, bottom), (left, right)) -> (N, Ho, Wo, Cout) with
+    Ho = H + top + bottom - 2: the values of ``lax.conv_general_dilated`` to float rounding
+    (relative error ~1e-6 for m = 2, ~2e-5 for m = 4, vs ~1e-6 for XLA's conv). The input is cut
+    into (m + 2)^2 tiles every m pixels (the last ones zero-padded), transformed as BT d B, one
+    GEMM per tile position against G g G^T, (m + 2)^2 of them, and AT M A gives the m x m outputs:
+    (m + 2)^2 / m^2 = 2.25x fewer multiplies for m = 4, 4x more data moved around them. Plain
+    jnp: autodiff works (``conv2d`` has faster gradients)."""
+    g, at = (np.asarray(t, np.float64) for t in _WINOGRAD[m][1:])
+    a = m + 2
+    cin, cout = kernel.shape[2:]
+    v, (n, th, tw, ho, wo) = _winograd_input(x, pads, m)
+    u = _two_sided(g, kernel).reshape(a * a, cin, cout)                  # G g G^T
+    mm = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))               # (a*a, tiles, Cout)
+    y = _two_sided(at, mm.reshape(a, a, n, th, tw, cout))                # (m, m, N, th, tw, C)
+    y = y.transpose(2, 3, 0, 4, 1, 5).reshape(n, th * m, tw * m, cout)
+    return y[:, :ho, :wo]
+
+
+def _winograd_kernel_grad(x: jax.Array, ct: jax.Array, pads: tuple, m: int) -> jax.Array:
+    """dL/dkernel (3, 3, Cin, Cout) of ``winograd_conv3x3(x, kernel, pads, m)`` for the
+    cotangent ct (N, Ho, Wo, Cout), by the same algorithm transposed: A^T ct A per output tile,
+    (m + 2)^2 GEMMs v^T @ that over the tiles, and G^T dU G. Same multiplies as the forward."""
+    g, at = (np.asarray(t, np.float64) for t in _WINOGRAD[m][1:])
+    a = m + 2
+    cin, cout = x.shape[-1], ct.shape[-1]
+    v, (n, th, tw, ho, wo) = _winograd_input(x, pads, m)
+    ctp = jnp.pad(ct, ((0, 0), (0, th * m - ho), (0, tw * m - wo), (0, 0)))
+    ctp = ctp.reshape(n, th, m, tw, m, cout).transpose(2, 4, 0, 1, 3, 5)  # (m, m, N, th, tw, C)
+    dm = _two_sided(at.T, ctp).reshape(a * a, n * th * tw, cout)
+    du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))             # (a*a, Cin, Cout)
+    return _two_sided(g.T, du.reshape(a, a, cin, cout))
+
+
+def _conv_tile(x_shape: tuple, kernel_shape: tuple, stride: int, pads: tuple) -> int:
+    """``_winograd_tile`` of a conv2d (0 unless 3x3, stride 1)."""
+    kh, kw, cin, cout = kernel_shape
+    if (kh, kw) != (3, 3) or stride != 1:
+        return 0
+    return _winograd_tile(x_shape[1] + sum(pads[0]) - 2, x_shape[2] + sum(pads[1]) - 2, cin, cout)
 
 
 def _conv_forward(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> jax.Array:
     """conv2d's values: Winograd where ``_winograd_tile`` picks it (3x3, stride 1), else XLA's."""
-    kh, kw, cin, cout = kernel.shape
-    if (kh, kw) == (3, 3) and stride == 1:
-        ho = x.shape[1] + sum(pads[0]) - 2
-        wo = x.shape[2] + sum(pads[1]) - 2
-        m = _winograd_tile(ho, wo, cin, cout)
-        if m:
-            return winograd_conv3x3(x, kernel, pads, m)
-    return _conv(x, kernel, pads, stride)
+    m = _conv_tile(x.shape, kernel.shape, stride, pads)
+    return winograd_conv3x3(x, kernel, pads, m) if m else _conv(x, kernel, pads, stride)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -328,6 +355,9 @@ def _conv2d_bwd(stride, pads, res, ct):
         dx = _conv_forward(ct, flipped, 1, ((2 - pt, 2 - pb), (2 - pl, 2 - pr)))
     else:   # the conv is linear in x: transpose it (no recomputation of the forward pass)
         dx = jax.linear_transpose(lambda t: _conv(t, kernel, pads, stride), x)(ct)[0]
+    m = _conv_tile(x.shape, kernel.shape, stride, pads)
+    if m:
+        return dx, _winograd_kernel_grad(x, ct, pads, m)
     return dx, _conv_kernel_grad(x, ct, kernel.shape, stride, pads)
 
 
