@@ -68,6 +68,12 @@ def _pool_inputs(h, w):
             "neg_inf": np.full(shape, -np.inf)}
 
 
+def _wide_inputs(h, w, kind, channels):
+    """``_pool_inputs(h, w)[kind]`` (2, h, w, 3) with its channels repeated to ``channels``."""
+    x = np.resize(_pool_inputs(h, w)[kind].transpose(3, 0, 1, 2), (channels, 2, h, w))
+    return x.transpose(1, 2, 3, 0)
+
+
 @pytest.mark.parametrize("h,w", [(28, 28), (14, 14), (7, 7), (5, 3), (1, 1), (4, 6)])
 @pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch", "neg_inf"])
 @pytest.mark.parametrize("channels", [3, 64])   # 64: the forward as four strided slices
@@ -75,8 +81,7 @@ def test_max_pool_values_and_gradient_equal_flax_max_pool(h, w, kind, channels):
     """The hand-written gradient (``fused_max_pool_2x2``, called directly so that it is tested on
     any backend) is exactly nn.max_pool's autodiff, ties included: one element per window (the
     first maximum in row-major order), never all tied ones."""
-    x = np.resize(_pool_inputs(h, w)[kind].transpose(3, 0, 1, 2), (channels, 2, h, w))
-    x = jnp.asarray(x.transpose(1, 2, 3, 0), jnp.float32)
+    x = jnp.asarray(_wide_inputs(h, w, kind, channels), jnp.float32)
     flax_pool = lambda t: nn.max_pool(t, (2, 2), strides=(2, 2), padding="SAME")
     np.testing.assert_array_equal(fused_max_pool_2x2(x), flax_pool(x))
     ct = jax.random.normal(jax.random.key(1), flax_pool(x).shape)
@@ -153,7 +158,7 @@ def test_winograd_conv3x3_equals_the_correlation(m, kind, h, w, pads):
     of the tile (the last tiles zero-padded), asymmetric pads, a 1x1 map; inputs with ties, zeros
     and constants, integer weights. Error bound: ~1e-6 (m = 2) and ~2e-5 (m = 4) relative."""
     rng = np.random.default_rng(h * 10 + w)
-    x = np.resize(_pool_inputs(h, w)[kind].transpose(3, 0, 1, 2), (5, 2, h, w)).transpose(1, 2, 3, 0)
+    x = _wide_inputs(h, w, kind, 5)
     kernel = rng.integers(-2, 3, (3, 3, 5, 7)).astype(np.float32)
     ref = _numpy_correlation(x, kernel, pads)
     y = winograd_conv3x3(jnp.asarray(x, jnp.float32), jnp.asarray(kernel), pads, m)
@@ -176,8 +181,7 @@ def test_conv2d_with_winograd_equals_autodiff_of_lax_conv(kind, h, pads):
     ho = h + sum(pads[0]) - 2
     expect = {8: 4, 6: 2, 14: 2, 10: 4, 3: 0}[h]
     assert layers._winograd_tile(ho, ho, 64, 64) == expect
-    x = np.resize(_pool_inputs(h, h)[kind].transpose(3, 0, 1, 2), (64, 2, h, h))
-    x = jnp.asarray(x.transpose(1, 2, 3, 0), jnp.float32)
+    x = jnp.asarray(_wide_inputs(h, h, kind, 64), jnp.float32)
     rng = np.random.default_rng(h)
     kernel = jnp.asarray(rng.integers(-2, 3, (3, 3, 64, 64)) / 24.0, jnp.float32)
     plain = lambda t, k: lax.conv_general_dilated(t, k, (1, 1), pads,

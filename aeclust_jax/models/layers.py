@@ -335,7 +335,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> jax.Arr
 
     A loop of k*k per-tap GEMMs and channel-major taps were within noise of the stacked GEMM
     once chunked; the chunk size (1-8 MB) mattered little. The kernel gradient here is never
-    slower than XLA's at these shapes, so it is used for every shape.
+    slower than XLA's at these shapes, so it is used for every shape Winograd (below) is not.
 
     3x3 stride-1 convs: the input gradient is the 3x3 conv of the cotangent with the flipped,
     transposed kernel; it and the forward conv are ``winograd_conv3x3`` where ``_winograd_tile``
