@@ -141,11 +141,74 @@ def test_conv2d_whole_batch_gradient_equals_autodiff_of_plain_conv(kind, cin, pa
 
 
 def _numpy_correlation(x, kernel, pads):
-    """float64 reference: sum over the 9 taps of shifted slices times the tap's matrix."""
+    """float64 reference: sum over the kh*kw taps of shifted slices times the tap's matrix."""
     x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+    kh, kw = kernel.shape[:2]
     xp = np.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
-    ho, wo = xp.shape[1] - 2, xp.shape[2] - 2
-    return sum(xp[:, i:i + ho, j:j + wo] @ kernel[i, j] for i in range(3) for j in range(3))
+    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    return sum(xp[:, i:i + ho, j:j + wo] @ kernel[i, j] for i in range(kh) for j in range(kw))
+
+
+def _numpy_correlation_grads(x, kernel, pads, ct):
+    """float64 reference gradients of sum(correlation * ct): (dx, dkernel), tap by tap."""
+    x, kernel, ct = (np.asarray(a, np.float64) for a in (x, kernel, ct))
+    kh, kw = kernel.shape[:2]
+    (pt, pb), (pl, pr) = pads
+    xp = np.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+    ho, wo = ct.shape[1:3]
+    dxp = np.zeros_like(xp)
+    dk = np.zeros_like(kernel)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, i:i + ho, j:j + wo] += ct @ kernel[i, j].T
+            dk[i, j] = np.einsum("nhwc,nhwo->co", xp[:, i:i + ho, j:j + wo], ct)
+    return dxp[:, pt:xp.shape[1] - pb, pl:xp.shape[2] - pr], dk
+
+
+@pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch"])
+@pytest.mark.parametrize("cin,cout,k,h,w,pads,form", [
+    (3, 16, 3, 9, 7, ((1, 1), (1, 1)), "taps"),       # an RGB input (the CAEs' first conv)
+    (1, 8, 3, 6, 6, ((0, 2), (1, 0)), "taps"),        # one channel, asymmetric pads
+    (16, 3, 3, 8, 9, ((1, 1), (1, 1)), "shift"),      # an RGB output (the CAEs' last conv)
+    (16, 5, 3, 5, 6, ((2, 0), (0, 1)), "shift"),
+    (8, 4, 2, 5, 5, ((1, 1), (1, 1)), "shift"),       # upsample_conv's 2x2 phase kernel
+    (4, 8, 2, 4, 3, ((0, 0), (0, 0)), "taps"),        # and its input gradient's
+    (8, 16, 3, 6, 6, ((1, 1), (1, 1)), None)])        # XLA's conv
+def test_narrow_conv_forms_equal_the_correlation(kind, cin, cout, k, h, w, pads, form):
+    """conv2d's narrow stride-1 forms ("taps": one GEMM of the stacked input taps; "shift": a GEMM
+    to every tap's output, then a sum of shifted slices; with the kernel gradient from the
+    shifted cotangent) against a float64 numpy correlation and its tap-by-tap gradients: ties,
+    zeros and constants in the input, integer weights, asymmetric pads, 2x2 kernels."""
+    assert layers._narrow_form((2, h, w, cin), (k, k, cin, cout), 1) == form
+    rng = np.random.default_rng(cin * 100 + cout)
+    x = _wide_inputs(h, w, kind, cin)
+    kernel = rng.integers(-2, 3, (k, k, cin, cout)).astype(np.float32)
+    ref = _numpy_correlation(x, kernel, pads)
+    xj, kj = jnp.asarray(x, jnp.float32), jnp.asarray(kernel)
+    y = conv2d(xj, kj, 1, pads)
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=0,
+                               atol=1e-6 * max(1.0, np.abs(ref).max()))
+    ct = rng.normal(size=ref.shape).astype(np.float32)
+    got = jax.grad(lambda t, kk: jnp.sum(conv2d(t, kk, 1, pads) * ct), argnums=(0, 1))(xj, kj)
+    for g, r in zip(got, _numpy_correlation_grads(x, kernel, pads, ct)):
+        assert g.shape == r.shape
+        np.testing.assert_allclose(np.asarray(g, np.float64), r, rtol=0,
+                                   atol=1e-5 * max(1.0, np.abs(r).max()))
+
+
+def test_narrow_form_choice():
+    """The GEMM forms only where measured faster (stride 1; 4 or fewer input channels: "taps";
+    outputs at most half the inputs and 64 or fewer: "shift") and within _NARROW_BYTES."""
+    form = layers._narrow_form
+    assert form((128, 32, 32, 3), (3, 3, 3, 16), 1) == "taps"
+    assert form((128, 32, 32, 3), (3, 3, 3, 16), 2) is None
+    assert form((128, 32, 32, 16), (3, 3, 16, 3), 1) == "shift"
+    assert form((128, 17, 17, 64), (2, 2, 64, 32), 1) == "shift"
+    assert form((128, 5, 5, 256), (2, 2, 256, 128), 1) is None
+    assert form((128, 16, 16, 32), (2, 2, 32, 64), 1) is None
+    assert form((128, 32, 32, 16), (1, 1, 16, 3), 1) is None
+    assert form((256, 224, 224, 3), (3, 3, 3, 64), 1) is None       # 1.4 GB of taps
 
 
 @pytest.mark.parametrize("m", [2, 4])

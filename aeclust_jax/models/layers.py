@@ -31,6 +31,14 @@ input, a few images at a time; see ``conv2d``. Its forward conv and both gradien
 F(4x4 or 2x2, 3x3) for 3x3 stride-1 convs of 64+ channels on maps up to 128 px (VGG-16
 extraction and ResNet-18's train step ~1.5x; ``winograd_conv3x3``, ``_winograd_tile``).
 
+Narrow convs (S2's and S1's autoencoders: 1-4 input or few output channels), where XLA:CPU's
+conv and its gradients run at 15-40 GFLOP/s: stride-1 convs with 4 or fewer input channels are
+one GEMM of the stacked input taps, and those whose outputs are at most half their inputs (up to
+64) a GEMM to every tap's output followed by a sum of shifted slices (``_narrow_form``); every
+stride-1 input gradient is the forward conv of the cotangent with the flipped kernel (so it takes
+these forms too), and a stride-2 conv of up to 16 input channels gets its input gradient in the
+sub-pixel form (``_stride2_input_grad``). CAEv1's train step 887 -> 1283 img/s.
+
 These kernels are for XLA:CPU. On a GPU (or TPU) ``Conv``, ``upsample_conv`` and ``max_pool_2x2``
 use XLA's own conv and reduce-window gradients (cuDNN's), the same values: ``cpu_kernels()``
 decides at trace time, and ``AECLUST_KERNELS=cpu|xla`` forces one side (e.g. to time both on one
@@ -163,7 +171,10 @@ def _conv_kernel_grad(x, ct, kernel_shape, stride, pads):
             taps = jnp.stack([_tap(xc, i, j, stride, ho, wo)[..., 0]
                               for i in range(kh) for j in range(kw)])
             return jnp.einsum("tbhw,bhwo->to", taps, cc)[:, None, :]
-        return jnp.einsum("bhwtc,bhwo->tco", _taps(xc, kh, kw, stride, ho, wo), cc)
+        # as a 2-D GEMM taps^T @ ct: the 5-D einsum made XLA transpose the taps first, a copy
+        # slower than the GEMM (CAEv1's decoder convs: 9-16 vs 5-11 ms)
+        taps = _taps(xc, kh, kw, stride, ho, wo).reshape(-1, kh * kw * cin)
+        return (taps.T @ cc.reshape(-1, cout)).reshape(kh * kw, cin, cout)
 
     c = _batch_chunk(n, ho * wo * kh * kw * cin * x.dtype.itemsize)
     if c == n:
@@ -286,6 +297,89 @@ def _winograd_kernel_grad(x: jax.Array, ct: jax.Array, pads: tuple, m: int) -> j
     return _two_sided(g.T, du.reshape(a, a, cin, cout))
 
 
+# Narrow stride-1 convs (S1 and S2's autoencoders: 1-32 channels on one side), where XLA:CPU's
+# conv runs at 15-40 GFLOP/s. Two GEMM forms, chosen by ``_narrow_form``:
+#   "taps":  the kh*kw shifted slices of the padded input stacked, (N*Ho*Wo, kh*kw*Cin), @ the
+#            kernel (kh*kw*Cin, Cout): for few input channels (an RGB image);
+#   "shift": x (N*H*W, Cin) @ the kernel as (Cin, kh*kw*Cout), then the sum of the kh*kw shifted
+#            slices of that per-tap output: for few output channels (the decoders' last convs and
+#            the input gradients of the upsampling convs).
+# Either materialises kh*kw times the narrow side's data; above _NARROW_BYTES XLA's conv is kept.
+_NARROW_BYTES = 64 << 20
+
+
+def _narrow_form(x_shape: tuple, kernel_shape: tuple, stride: int) -> str | None:
+    """"taps", "shift" or None (XLA's conv / Winograd) for a conv of x_shape (N, H, W, Cin) with
+    kernel_shape (kh, kw, Cin, Cout). Measured at batch 128, ms (XLA conv / taps / shift): 32 px
+    3 -> 16 k3 3.6 / 2.7 / 14.7; 32 px 16 -> 3 k3 6.5 / 19.4 / 3.7; 17 px 64 -> 32 k2 9.1 / 4.6 /
+    2.5; 9 px 128 -> 64 k2 4.7 / 3.4 / 2.7; 5 px 256 -> 128 k2 2.4 / 2.8 / 3.3; 16 px 32 -> 64 k2
+    2.7 / 3.9 / 6.9 (the last two, and every wider conv, stay XLA's)."""
+    kh, kw, cin, cout = kernel_shape
+    if stride != 1 or (kh, kw) == (1, 1):
+        return None
+    n, h, w, _ = x_shape
+    if cin <= 4 and n * h * w * kh * kw * cin * 4 <= _NARROW_BYTES:
+        return "taps"
+    if 2 * cout <= cin and cout <= 64 and n * h * w * kh * kw * cout * 4 <= _NARROW_BYTES:
+        return "shift"
+    return None
+
+
+def _out_size(x_shape: tuple, kernel_shape: tuple, pads: tuple) -> tuple[int, int]:
+    """(Ho, Wo) of a stride-1 correlation."""
+    return (x_shape[1] + sum(pads[0]) - kernel_shape[0] + 1,
+            x_shape[2] + sum(pads[1]) - kernel_shape[1] + 1)
+
+
+def _stacked_taps(x: jax.Array, kernel_shape: tuple, pads: tuple) -> jax.Array:
+    """The stride-1 taps of x (N, H, W, C) zero-padded by pads, as a matrix (N*Ho*Wo, kh*kw*C):
+    row p, column block t = (i, j) holds x_padded[p + (i, j)]."""
+    kh, kw = kernel_shape[:2]
+    ho, wo = _out_size(x.shape, kernel_shape, pads)
+    xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+    return _taps(xp, kh, kw, 1, ho, wo).reshape(-1, kh * kw * x.shape[-1])
+
+
+def _taps_conv(x: jax.Array, kernel: jax.Array, pads: tuple,
+               taps: jax.Array | None = None) -> jax.Array:
+    """Stride-1 correlation as one GEMM of the stacked taps (``_stacked_taps``, or ``taps`` when
+    given) @ kernel (kh*kw*Cin, Cout): x (N, H, W, Cin), kernel (kh, kw, Cin, Cout) ->
+    (N, Ho, Wo, Cout)."""
+    cout = kernel.shape[-1]
+    ho, wo = _out_size(x.shape, kernel.shape, pads)
+    taps = _stacked_taps(x, kernel.shape, pads) if taps is None else taps
+    return (taps @ kernel.reshape(-1, cout)).reshape(x.shape[0], ho, wo, cout)
+
+
+def _shift_conv(x: jax.Array, kernel: jax.Array, pads: tuple) -> jax.Array:
+    """Stride-1 correlation as x @ every tap's kernel at once, then a sum of shifted slices:
+    y[p] = sum_t z_t[p + t - pad] with z = x (N*H*W, Cin) @ kernel (Cin, kh*kw*Cout).
+    x (N, H, W, Cin), kernel (kh, kw, Cin, Cout) -> (N, Ho, Wo, Cout)."""
+    n, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    ho, wo = _out_size(x.shape, kernel.shape, pads)
+    z = x.reshape(-1, cin) @ kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
+    zp = jnp.pad(z.reshape(n, h, w, kh * kw, cout), ((0, 0),) + tuple(pads) + ((0, 0), (0, 0)))
+    terms = [zp[:, i:i + ho, j:j + wo, i * kw + j] for i in range(kh) for j in range(kw)]
+    return functools.reduce(jnp.add, terms)
+
+
+def _shifted_cotangent_kernel_grad(x: jax.Array, ct: jax.Array, kernel_shape: tuple,
+                                   pads: tuple) -> jax.Array:
+    """dL/dkernel (kh, kw, Cin, Cout) of a stride-1 correlation with few output channels: the
+    cotangent's shifted slices stacked (kh*kw*Cout narrow columns, not kh*kw*Cin) and one GEMM
+    x^T (Cin, N*H*W) @ (N*H*W, kh*kw*Cout): dK[i, j] = sum_r x[r] ct[r + pad - (i, j)]."""
+    kh, kw, cin, cout = kernel_shape
+    n, h, w, _ = x.shape
+    (pt, _), (pl, _) = pads
+    ctp = jnp.pad(ct, ((0, 0), (kh, kh + h), (kw, kw + w), (0, 0)))   # room for every shift
+    shifted = jnp.stack([lax.slice(ctp, (0, kh + pt - i, kw + pl - j, 0),
+                                   (n, kh + pt - i + h, kw + pl - j + w, cout))
+                         for i in range(kh) for j in range(kw)], 3)
+    g = x.reshape(-1, cin).T @ shifted.reshape(-1, kh * kw * cout)      # (Cin, kh*kw*Cout)
+    return g.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
+
+
 def _conv_tile(x_shape: tuple, kernel_shape: tuple, stride: int, pads: tuple) -> int:
     """``_winograd_tile`` of a conv2d (0 unless 3x3, stride 1)."""
     kh, kw, cin, cout = kernel_shape
@@ -297,7 +391,14 @@ def _conv_tile(x_shape: tuple, kernel_shape: tuple, stride: int, pads: tuple) ->
 def _conv_forward(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> jax.Array:
     """conv2d's values: Winograd where ``_winograd_tile`` picks it (3x3, stride 1), else XLA's."""
     m = _conv_tile(x.shape, kernel.shape, stride, pads)
-    return winograd_conv3x3(x, kernel, pads, m) if m else _conv(x, kernel, pads, stride)
+    if m:
+        return winograd_conv3x3(x, kernel, pads, m)
+    form = _narrow_form(x.shape, kernel.shape, stride)
+    if form == "taps":
+        return _taps_conv(x, kernel, pads)
+    if form == "shift":
+        return _shift_conv(x, kernel, pads)
+    return _conv(x, kernel, pads, stride)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -340,26 +441,84 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> jax.Arr
     3x3 stride-1 convs: the input gradient is the 3x3 conv of the cotangent with the flipped,
     transposed kernel; it and the forward conv are ``winograd_conv3x3`` where ``_winograd_tile``
     picks it (64+ channels, maps up to 128 px), and then the kernel gradient is
-    ``_winograd_kernel_grad`` (1.9-2.8x faster than the GEMM above at ResNet-18's shapes)."""
+    ``_winograd_kernel_grad`` (1.9-2.8x faster than the GEMM above at ResNet-18's shapes).
+
+    Narrow stride-1 convs (``_narrow_form``) are GEMMs of stacked taps ("taps": few input
+    channels; the taps are kept for the kernel gradient) or of every tap's output ("shift": few
+    output channels; the kernel gradient from the shifted cotangent, whose taps the input gradient
+    shares when it is itself "taps"). Stride-2 convs of up to 16 input channels: the input
+    gradient in sub-pixel form (``_stride2_input_grad``)."""
     return _conv_forward(x, kernel, stride, pads)
 
 
+# A stride-2 conv's input gradient with at most this many input channels is the sub-pixel form
+# (``_stride2_input_grad``); measured at batch 128, ms (XLA's transposed conv / sub-pixel): 64 px
+# 8 -> 16 11.4 / 3.8; 32 px 16 -> 32 4.3 / 2.8; 16 px 32 -> 64 2.3 / 2.5; 8 px 64 -> 128 1.7 /
+# 3.0; 32 px 64 -> 128 31 / 34.
+_SUBPIXEL_MAX_CHANNELS = 16
+
+
+def _stride2_input_grad(ct: jax.Array, kernel: jax.Array, x_shape: tuple, pads: tuple) -> jax.Array:
+    """dL/dx (N, H, W, C) of a stride-2 correlation of x with kernel (kh, kw, C, O) and pads, for
+    the cotangent ct (N, Ho, Wo, O), without XLA's conv over the zero-dilated cotangent: the
+    conv is a stride-1 valid correlation of the space-to-depth padded input (each 2x2 block of
+    pixels one pixel of 4C channels) with the kernel zero-padded to even sides and regrouped the
+    same way (ceil(kh/2), ceil(kw/2), 4C, O), so dx is that conv's input gradient (a stride-1
+    conv of ct with the flipped regrouped kernel) put back by depth-to-space and cropped."""
+    n, h, w, c = x_shape
+    kh, kw, _, o = kernel.shape
+    _, ho, wo, _ = ct.shape
+    (pt, _), (pl, _) = pads
+    dh, dw = (kh + 1) // 2, (kw + 1) // 2
+    kp = jnp.pad(kernel, ((0, 2 * dh - kh), (0, 2 * dw - kw), (0, 0), (0, 0)))
+    ks = kp.reshape(dh, 2, dw, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(dh, dw, 4 * c, o)
+    flipped = ks[::-1, ::-1].transpose(0, 1, 3, 2)
+    dxs = _conv_forward(ct, flipped, 1, ((dh - 1, dh - 1), (dw - 1, dw - 1)))
+    hs, ws = ho + dh - 1, wo + dw - 1                    # the space-to-depth map's size
+    dxp = dxs.reshape(n, hs, ws, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * hs, 2 * ws, c)
+    # the padded input's rows past 2 * hs are read by no output: their gradient is zero
+    dxp = jnp.pad(dxp, ((0, 0), (0, max(0, pt + h - 2 * hs)), (0, max(0, pl + w - 2 * ws)), (0, 0)))
+    return dxp[:, pt:pt + h, pl:pl + w]
+
+
 def _conv2d_fwd(x, kernel, stride, pads):
-    return conv2d(x, kernel, stride, pads), (x, kernel)
+    if _conv_tile(x.shape, kernel.shape, stride, pads) == 0 and \
+            _narrow_form(x.shape, kernel.shape, stride) == "taps":
+        taps = _stacked_taps(x, kernel.shape, pads)     # kept: the kernel gradient is taps^T @ ct
+        return _taps_conv(x, kernel, pads, taps), (x, kernel, taps)
+    return conv2d(x, kernel, stride, pads), (x, kernel, None)
 
 
 def _conv2d_bwd(stride, pads, res, ct):
-    x, kernel = res
-    (pt, pb), (pl, pr) = pads
-    if kernel.shape[:2] == (3, 3) and stride == 1 and max(pt, pb, pl, pr) <= 2:
-        # dx[i] = sum_t ct[i - t + pad] k[t]: a 3x3 correlation of ct with the flipped kernel
+    x, kernel, taps = res
+    kh, kw, cin, cout = kernel.shape
+    if taps is not None:      # "taps" form: its stacked input taps are the kernel gradient's
+        dk = (taps.T @ ct.reshape(-1, cout)).reshape(kernel.shape)
+    flipped_pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), pads))
+    if stride == 1 and min(min(p) for p in flipped_pads) >= 0:
+        # dx[r] = sum_t ct[r + pad - t] k[t]: a correlation of ct with the flipped kernel
         flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
-        dx = _conv_forward(ct, flipped, 1, ((2 - pt, 2 - pb), (2 - pl, 2 - pr)))
+        if taps is None and _narrow_form(x.shape, kernel.shape, 1) == "shift" and \
+                _narrow_form(ct.shape, flipped.shape, 1) == "taps":
+            # few output channels: the cotangent's taps (N*H*W, kh*kw*Cout) serve both
+            # gradients; column block (kh-1-i, kw-1-j) holds ct[r + pad - (i, j)], so
+            # dK[i, j] = x^T @ that block
+            ct_taps = _stacked_taps(ct, flipped.shape, flipped_pads)
+            dx = _taps_conv(ct, flipped, flipped_pads, ct_taps)
+            g = (x.reshape(-1, cin).T @ ct_taps).reshape(cin, kh, kw, cout)
+            return dx, g[:, ::-1, ::-1].transpose(1, 2, 0, 3)
+        dx = _conv_forward(ct, flipped, 1, flipped_pads)
+    elif stride == 2 and cin <= _SUBPIXEL_MAX_CHANNELS and min(min(p) for p in pads) >= 0:
+        dx = _stride2_input_grad(ct, kernel, x.shape, pads)
     else:   # the conv is linear in x: transpose it (no recomputation of the forward pass)
         dx = jax.linear_transpose(lambda t: _conv(t, kernel, pads, stride), x)(ct)[0]
+    if taps is not None:
+        return dx, dk
     m = _conv_tile(x.shape, kernel.shape, stride, pads)
     if m:
         return dx, _winograd_kernel_grad(x, ct, pads, m)
+    if _narrow_form(x.shape, kernel.shape, stride) == "shift":
+        return dx, _shifted_cotangent_kernel_grad(x, ct, kernel.shape, pads)
     return dx, _conv_kernel_grad(x, ct, kernel.shape, stride, pads)
 
 
