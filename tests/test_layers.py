@@ -280,7 +280,8 @@ def test_kernel_gradient_batch_chunks():
     (3, 1, 7, 6, None), (3, 2, 7, 8, 1), (1, 2, 7, 7, 1), (7, 2, 9, 10, 4000)])
 @pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant"])
 def test_conv2d_equals_autodiff_of_lax_conv(monkeypatch, k, stride, h, w, chunk_bytes, kind):
-    """conv2d's hand-written VJP (batch-chunked GEMM kernel gradient, transposed input gradient)
+    """conv2d's hand-written VJP (batch-chunked GEMM kernel gradient; input gradient: the
+    flipped-kernel conv at stride 1, the sub-pixel form at stride 2 with these 5 channels)
     against jax.grad of lax.conv_general_dilated; chunk_bytes forces the kernel gradient's scan
     over chunks of images (1: one image a step; batch 3 has no other divisor)."""
     if chunk_bytes is not None:
@@ -299,6 +300,28 @@ def test_conv2d_equals_autodiff_of_lax_conv(monkeypatch, k, stride, h, w, chunk_
     grad = lambda f: jax.grad(lambda t, kk: jnp.sum(f(t, kk) * ct), argnums=(0, 1))(x, kernel)
     for go, gr in zip(grad(lambda t, kk: conv2d(t, kk, stride, pads)), grad(plain)):
         np.testing.assert_allclose(go, gr, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("k,h,w,pads", [
+    (3, 8, 8, ((0, 1), (0, 1))), (3, 7, 9, ((1, 1), (1, 1))), (2, 6, 7, ((1, 0), (0, 0))),
+    (2, 5, 5, ((0, 0), (1, 1))), (1, 7, 8, ((0, 0), (0, 0))), (4, 9, 8, ((2, 1), (1, 2))),
+    (7, 11, 10, ((3, 3), (3, 3))), (3, 3, 3, ((0, 0), (0, 0)))])
+@pytest.mark.parametrize("kind", ["integers", "zeros", "constant", "patch"])
+def test_stride2_input_gradient_equals_autodiff(k, h, w, pads, kind):
+    """The sub-pixel input gradient of a stride-2 conv (odd and even sizes, kernels 1-7 including
+    even ones, asymmetric pads, padded rows that no output reads) against jax.vjp of lax's conv,
+    on inputs and cotangents with ties, zeros and constants."""
+    x = jnp.asarray(_wide_inputs(h, w, kind, 5), jnp.float32)
+    rng = np.random.default_rng(k * 100 + h)
+    kernel = jnp.asarray(rng.integers(-2, 3, (k, k, 5, 6)), jnp.float32)
+    plain = lambda t: lax.conv_general_dilated(t, kernel, (2, 2), pads,
+                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y, vjp = jax.vjp(plain, x)
+    ct = jnp.asarray(rng.integers(-1, 2, y.shape), jnp.float32)
+    want = vjp(ct)[0]
+    got = layers._stride2_input_grad(ct, kernel, x.shape, pads)
+    assert got.shape == x.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kernels", ["cpu", "xla"])

@@ -482,8 +482,7 @@ def _stride2_input_grad(ct: jax.Array, kernel: jax.Array, x_shape: tuple, pads: 
 
 
 def _conv2d_fwd(x, kernel, stride, pads):
-    if _conv_tile(x.shape, kernel.shape, stride, pads) == 0 and \
-            _narrow_form(x.shape, kernel.shape, stride) == "taps":
+    if _narrow_form(x.shape, kernel.shape, stride) == "taps":
         taps = _stacked_taps(x, kernel.shape, pads)     # kept: the kernel gradient is taps^T @ ct
         return _taps_conv(x, kernel, pads, taps), (x, kernel, taps)
     return conv2d(x, kernel, stride, pads), (x, kernel, None)
@@ -492,8 +491,6 @@ def _conv2d_fwd(x, kernel, stride, pads):
 def _conv2d_bwd(stride, pads, res, ct):
     x, kernel, taps = res
     kh, kw, cin, cout = kernel.shape
-    if taps is not None:      # "taps" form: its stacked input taps are the kernel gradient's
-        dk = (taps.T @ ct.reshape(-1, cout)).reshape(kernel.shape)
     flipped_pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), pads))
     if stride == 1 and min(min(p) for p in flipped_pads) >= 0:
         # dx[r] = sum_t ct[r + pad - t] k[t]: a correlation of ct with the flipped kernel
@@ -512,8 +509,8 @@ def _conv2d_bwd(stride, pads, res, ct):
         dx = _stride2_input_grad(ct, kernel, x.shape, pads)
     else:   # the conv is linear in x: transpose it (no recomputation of the forward pass)
         dx = jax.linear_transpose(lambda t: _conv(t, kernel, pads, stride), x)(ct)[0]
-    if taps is not None:
-        return dx, dk
+    if taps is not None:      # "taps" form: its stacked input taps give the kernel gradient
+        return dx, (taps.T @ ct.reshape(-1, cout)).reshape(kernel.shape)
     m = _conv_tile(x.shape, kernel.shape, stride, pads)
     if m:
         return dx, _winograd_kernel_grad(x, ct, pads, m)
