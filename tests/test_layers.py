@@ -171,6 +171,7 @@ def _numpy_correlation_grads(x, kernel, pads, ct):
     (1, 8, 3, 6, 6, ((0, 2), (1, 0)), "taps"),        # one channel, asymmetric pads
     (16, 3, 3, 8, 9, ((1, 1), (1, 1)), "shift"),      # an RGB output (the CAEs' last conv)
     (16, 5, 3, 5, 6, ((2, 0), (0, 1)), "shift"),
+    (16, 5, 3, 4, 5, ((3, 0), (0, 3)), "shift"),       # pads past the kernel: XLA's dx
     (8, 4, 2, 5, 5, ((1, 1), (1, 1)), "shift"),       # upsample_conv's 2x2 phase kernel
     (4, 8, 2, 4, 3, ((0, 0), (0, 0)), "taps"),        # and its input gradient's
     (8, 16, 3, 6, 6, ((1, 1), (1, 1)), None)])        # XLA's conv
