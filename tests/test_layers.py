@@ -236,6 +236,8 @@ def test_winograd_conv3x3_equals_the_correlation(m, kind, h, w, pads):
                                     (6, ((1, 1), (1, 1))),      # F(2x2)
                                     (14, ((0, 2), (2, 0))),     # F(2x2), asymmetric pads
                                     (10, ((0, 0), (0, 0))),     # F(4x4), input gradient F(2x2)
+                                    (4, ((3, 1), (1, 3))),      # F(2x2), pads past the kernel:
+                                                                # XLA's transposed input gradient
                                     (3, ((1, 1), (1, 1)))])     # XLA's conv: tiles mostly padding
 def test_conv2d_with_winograd_equals_autodiff_of_lax_conv(kind, h, pads):
     """conv2d on the 64-channel shapes where ``_winograd_tile`` picks Winograd (forward, the
@@ -243,7 +245,7 @@ def test_conv2d_with_winograd_equals_autodiff_of_lax_conv(kind, h, pads):
     as the transposed algorithm): values and both gradients against jax.grad of
     lax.conv_general_dilated, on ties, zeros and constants."""
     ho = h + sum(pads[0]) - 2
-    expect = {8: 4, 6: 2, 14: 2, 10: 4, 3: 0}[h]
+    expect = {8: 4, 6: 2, 14: 2, 10: 4, 4: 2, 3: 0}[h]
     assert layers._winograd_tile(ho, ho, 64, 64) == expect
     x = jnp.asarray(_wide_inputs(h, h, kind, 64), jnp.float32)
     rng = np.random.default_rng(h)
