@@ -328,6 +328,32 @@ def test_stride2_input_gradient_equals_autodiff(k, h, w, pads, kind):
 
 
 @pytest.mark.parametrize("kernels", ["cpu", "xla"])
+@pytest.mark.parametrize("k,stride,h,w", [(3, 2, 16, 16), (3, 2, 5, 7), (2, 2, 4, 3),
+                                          (4, 2, 6, 5), (5, 2, 3, 4), (1, 2, 4, 4),
+                                          (3, 1, 6, 5)])
+@pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant"])
+def test_conv_transpose_module_is_nn_conv_transpose(kernels, k, stride, h, w, kind, monkeypatch):
+    """ConvTranspose = flax's nn.ConvTranspose (padding 'SAME'): the same parameters, values and
+    gradients (both parameters and the input) on ties, zeros and constants; stride 2 with 2+
+    taps takes the sub-pixel form on the CPU kernels, the rest lax's conv_transpose."""
+    monkeypatch.setenv("AECLUST_KERNELS", kernels)
+    z = jnp.asarray(_wide_inputs(h, w, kind, 6), jnp.float32)
+    ours = layers.ConvTranspose(3, (k, k), (stride, stride))
+    ref = nn.ConvTranspose(3, (k, k), strides=(stride, stride), padding="SAME")
+    p = ours.init(jax.random.key(1), z)
+    assert jax.tree.map(jnp.shape, p) == jax.tree.map(jnp.shape, ref.init(jax.random.key(1), z))
+    p = jax.tree.map(lambda a: jnp.round(a * 4) / 4, p)                 # ties in the weights
+    p["params"]["bias"] = jnp.asarray([0.5, -1.0, 0.0])
+    y = ours.apply(p, z)
+    assert y.shape == (2, stride * h, stride * w, 3)
+    np.testing.assert_allclose(y, ref.apply(p, z), rtol=0, atol=1e-5)
+    ct = jax.random.normal(jax.random.key(2), y.shape)
+    grad = lambda m: jax.grad(lambda pp, t: jnp.sum(m.apply(pp, t) * ct), argnums=(0, 1))(p, z)
+    for go, gr in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(ref))):
+        np.testing.assert_allclose(go, gr, rtol=0, atol=1e-4 * max(1.0, float(jnp.abs(gr).max())))
+
+
+@pytest.mark.parametrize("kernels", ["cpu", "xla"])
 @pytest.mark.parametrize("use_bias", [False, True])
 @pytest.mark.parametrize("features", [6, 32])   # 32 from 3 channels: XLA:CPU's zero 4th channel
 def test_conv_module_has_nn_conv_parameters_values_and_gradients(use_bias, kernels, features,

@@ -10,6 +10,8 @@ ConvTranspose (SAME, stride s, cropped to the encoder's sizes so any H, W works)
 the input channels (as DSC-Net, ReLU on the output too). Channel attention (SE, on the latent): global average pool -> 1x1 conv to
 max(1, c // 4) + ReLU -> 1x1 conv to c + sigmoid -> scale. Self-expressive layer: a learned
 C (N x N), initialised to ``c_init``; z_c = C z on the flattened latents, and the decoder decodes z_c.
+The convs are ``layers.Conv`` / ``layers.ConvTranspose``: nn.Conv's / nn.ConvTranspose's parameters
+and values, with XLA:CPU's faster gradients (the COIL-20 fine-tune step 249 -> 208 ms).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from aeclust_jax.models.layers import Conv, ConvTranspose, same_padding
 
 
 class ConvEncoder(nn.Module):
@@ -29,7 +33,8 @@ class ConvEncoder(nn.Module):
     @nn.compact
     def __call__(self, x):
         for i, (c, k, s) in enumerate(zip(self.channels, self.kernel_sizes, self.strides)):
-            x = nn.relu(nn.Conv(c, (k, k), strides=(s, s), padding="SAME", name=f"conv{i}")(x))
+            pads = tuple(same_padding(size, k, s) for size in x.shape[1:3])
+            x = nn.relu(Conv(c, (k, k), (s, s), pads, name=f"conv{i}")(x))
         return x
 
 
@@ -60,7 +65,7 @@ class ConvDecoder(nn.Module):
         layers = zip(outs, self.kernel_sizes[::-1], self.strides[::-1])
         targets = list(sizes[:-1])[::-1] if sizes is not None else [None] * len(outs)
         for i, ((c, k, s), hw) in enumerate(zip(layers, targets)):
-            z = nn.ConvTranspose(c, (k, k), strides=(s, s), padding="SAME", name=f"deconv{i}")(z)
+            z = ConvTranspose(c, (k, k), (s, s), name=f"deconv{i}")(z)
             if hw is not None:
                 z = z[:, :hw[0], :hw[1]]
             z = nn.relu(z)

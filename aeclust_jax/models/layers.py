@@ -549,6 +549,24 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
     return _conv(x, kernel, pads, stride)
 
 
+def conv_transpose(z: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """``lax.conv_transpose(z, kernel, (s, s), "SAME")`` (flax's ``nn.ConvTranspose`` with
+    padding 'SAME', no kernel flip): z (N, h, w, Cin), kernel (kh, kw, Cin, Cout) ->
+    (N, s*h, s*w, Cout). On XLA:CPU a stride-2 one with kernels of 2+ taps is the input gradient
+    of the stride-2 conv it transposes, in sub-pixel form (``_stride2_input_grad``: a stride-1
+    conv of z and depth-to-space, not a conv over the zero-dilated z), with ``conv2d``'s
+    gradients; elsewhere lax's. DSC's decoder: its fine-tune step 1.2x with ``Conv`` in the
+    encoder (COIL-20)."""
+    kh, kw = kernel.shape[:2]
+    if not (cpu_kernels() and stride == 2 and min(kh, kw) >= 2):
+        return lax.conv_transpose(z, kernel, (stride, stride), "SAME", dimension_numbers=_DN)
+    n, h, w, _ = z.shape
+    # the stride-2 conv of a (2h, 2w) map with TF 'SAME' pads whose transpose this is
+    pads = tuple(((k - 2) // 2, k - 2 - (k - 2) // 2) for k in (kh, kw))
+    flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+    return _stride2_input_grad(z, flipped, (n, 2 * h, 2 * w, kernel.shape[-1]), pads)
+
+
 def upsample_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, padding: str) -> jax.Array:
     """conv3x3(nearest_upsample_x2(x)) without materialising the upsampled map.
 
@@ -715,6 +733,27 @@ class DepthwiseConv(nn.Module):
         return depthwise_conv(x, kernel, self.stride, self.padding)
 
 
+class ConvTranspose(nn.Module):
+    """``nn.ConvTranspose(features, kernel_size, (s, s), padding='SAME')`` with the same
+    parameters (``kernel`` (kh, kw, Cin, features) lecun_normal, ``bias`` zeros), computed by
+    ``conv_transpose``: (N, h, w, Cin) -> (N, s*h, s*w, features)."""
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        kh, kw = self.kernel_size
+        sh, sw = self.strides
+        if sh != sw:
+            raise ValueError(f"ConvTranspose: equal strides only, got {self.strides}")
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (kh, kw, z.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        z, kernel, bias = promote_dtype(z, kernel, bias)
+        return conv_transpose(z, kernel, sh) + bias
+
+
 class Conv(nn.Module):
     """``nn.Conv(features, kernel_size, strides, padding, use_bias, kernel_init)`` for NHWC
     inputs with explicit integer padding, computed by ``conv2d`` (GEMM gradients) on XLA:CPU and
@@ -769,5 +808,6 @@ class Conv3x3(nn.Module):
         return (max_pool_2x2(y) if pooled else y) + bias
 
 
-__all__ = ("Conv", "Conv3x3", "DepthwiseConv", "conv2d", "conv3x3", "depthwise_conv",
-           "max_pool_2x2", "same_padding", "upsample_conv", "winograd_conv3x3")
+__all__ = ("Conv", "Conv3x3", "ConvTranspose", "DepthwiseConv", "conv2d", "conv3x3",
+           "conv_transpose", "depthwise_conv", "max_pool_2x2", "same_padding", "upsample_conv",
+           "winograd_conv3x3")
