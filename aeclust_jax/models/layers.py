@@ -7,6 +7,7 @@
     y = conv(x, kernel, stride, pads)            # the fastest of these convs for the backend
     y = pointwise_conv(x, kernel, stride)        # == lax 1x1 conv, as one matmul
     y = winograd_conv3x3(x, kernel, pads, m)     # == lax 3x3 stride-1 conv, Winograd F(m, 3)
+    y = conv_transpose(z, kernel, stride)        # == lax.conv_transpose 'SAME' (nn.ConvTranspose)
 
 Why (benchmarks/bench_train_step.py, 2-core CPU): in the S1 decoders most time went to 3x3 convs
 on nearest-upsampled maps (28x28x16 -> 1 alone was a quarter of the step: Eigen's conv is poor with
