@@ -734,27 +734,6 @@ class DepthwiseConv(nn.Module):
         return depthwise_conv(x, kernel, self.stride, self.padding)
 
 
-class ConvTranspose(nn.Module):
-    """``nn.ConvTranspose(features, kernel_size, (s, s), padding='SAME')`` with the same
-    parameters (``kernel`` (kh, kw, Cin, features) lecun_normal, ``bias`` zeros), computed by
-    ``conv_transpose``: (N, h, w, Cin) -> (N, s*h, s*w, features)."""
-    features: int
-    kernel_size: tuple[int, int]
-    strides: tuple[int, int] = (1, 1)
-
-    @nn.compact
-    def __call__(self, z: jax.Array) -> jax.Array:
-        kh, kw = self.kernel_size
-        sh, sw = self.strides
-        if sh != sw:
-            raise ValueError(f"ConvTranspose: equal strides only, got {self.strides}")
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (kh, kw, z.shape[-1], self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        z, kernel, bias = promote_dtype(z, kernel, bias)
-        return conv_transpose(z, kernel, sh) + bias
-
-
 class Conv(nn.Module):
     """``nn.Conv(features, kernel_size, strides, padding, use_bias, kernel_init)`` for NHWC
     inputs with explicit integer padding, computed by ``conv2d`` (GEMM gradients) on XLA:CPU and
@@ -772,17 +751,37 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kh, kw = self.kernel_size
-        sh, sw = self.strides
-        if sh != sw:
-            raise ValueError(f"Conv: equal strides only, got {self.strides}")
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features),
-                            jnp.float32)
-        bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
-                if self.use_bias else None)
-        x, kernel, bias = promote_dtype(x, kernel, bias)
-        y = conv(x, kernel, sh, self.padding)
+        x, kernel, bias, stride = _conv_params(self, x)
+        y = self._apply(x, kernel, stride)
         return y if bias is None else y + bias
+
+    def _apply(self, x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+        return conv(x, kernel, stride, self.padding)
+
+
+def _conv_params(module: nn.Module, x: jax.Array) -> tuple:
+    """nn.Conv's parameters of a ``Conv``-like module for input x (N, H, W, Cin): (x, kernel
+    (kh, kw, Cin, features), bias (features,) or None, stride), promoted to one dtype."""
+    kh, kw = module.kernel_size
+    sh, sw = module.strides
+    if sh != sw:
+        raise ValueError(f"{type(module).__name__}: equal strides only, got {module.strides}")
+    kernel = module.param("kernel", module.kernel_init, (kh, kw, x.shape[-1], module.features),
+                          jnp.float32)
+    bias = (module.param("bias", module.bias_init, (module.features,), jnp.float32)
+            if module.use_bias else None)
+    x, kernel, bias = promote_dtype(x, kernel, bias)
+    return x, kernel, bias, sh
+
+
+class ConvTranspose(Conv):
+    """``nn.ConvTranspose(features, kernel_size, (s, s), padding='SAME')`` with the same
+    parameters (``kernel`` (kh, kw, Cin, features) lecun_normal, ``bias`` zeros), computed by
+    ``conv_transpose``: (N, h, w, Cin) -> (N, s*h, s*w, features). ``padding`` is unused
+    ('SAME')."""
+
+    def _apply(self, x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+        return conv_transpose(x, kernel, stride)
 
 
 class Conv3x3(nn.Module):
