@@ -337,7 +337,8 @@ def _stacked_taps(x: jax.Array, kernel_shape: tuple, pads: tuple) -> jax.Array:
     row p, column block t = (i, j) holds x_padded[p + (i, j)]."""
     kh, kw = kernel_shape[:2]
     ho, wo = _out_size(x.shape, kernel_shape, pads)
-    xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+    (pt, pb), (pl, pr) = pads                            # negative pads crop (lax.pad)
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
     return _taps(xp, kh, kw, 1, ho, wo).reshape(-1, kh * kw * x.shape[-1])
 
 
@@ -365,20 +366,24 @@ def _shift_conv(x: jax.Array, kernel: jax.Array, pads: tuple) -> jax.Array:
     return functools.reduce(jnp.add, terms)
 
 
+def _flipped_pads(kernel_shape: tuple, pads: tuple) -> tuple:
+    """The pads of a stride-1 correlation's input gradient as a correlation of the cotangent
+    with the flipped kernel: (k - 1 - low, k - 1 - high) per axis (negative: a crop)."""
+    return tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel_shape[:2], pads))
+
+
 def _shifted_cotangent_kernel_grad(x: jax.Array, ct: jax.Array, kernel_shape: tuple,
-                                   pads: tuple) -> jax.Array:
-    """dL/dkernel (kh, kw, Cin, Cout) of a stride-1 correlation with few output channels: the
-    cotangent's shifted slices stacked (kh*kw*Cout narrow columns, not kh*kw*Cin) and one GEMM
-    x^T (Cin, N*H*W) @ (N*H*W, kh*kw*Cout): dK[i, j] = sum_r x[r] ct[r + pad - (i, j)]."""
+                                   pads: tuple, ct_taps: jax.Array | None = None) -> jax.Array:
+    """dL/dkernel (kh, kw, Cin, Cout) of a stride-1 correlation with few output channels from
+    the cotangent's taps (kh*kw*Cout narrow columns, not kh*kw*Cin): ct_taps = the stride-1
+    taps of ct for the flipped kernel (``_stacked_taps(ct, kernel_shape, _flipped_pads(...))``,
+    shared with the input gradient when given), whose column block (kh-1-i, kw-1-j) holds
+    ct[r + pad - (i, j)]; one GEMM x^T (Cin, N*H*W) @ ct_taps gives dK[i, j]."""
     kh, kw, cin, cout = kernel_shape
-    n, h, w, _ = x.shape
-    (pt, _), (pl, _) = pads
-    ctp = jnp.pad(ct, ((0, 0), (kh, kh + h), (kw, kw + w), (0, 0)))   # room for every shift
-    shifted = jnp.stack([lax.slice(ctp, (0, kh + pt - i, kw + pl - j, 0),
-                                   (n, kh + pt - i + h, kw + pl - j + w, cout))
-                         for i in range(kh) for j in range(kw)], 3)
-    g = x.reshape(-1, cin).T @ shifted.reshape(-1, kh * kw * cout)      # (Cin, kh*kw*Cout)
-    return g.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
+    if ct_taps is None:
+        ct_taps = _stacked_taps(ct, kernel_shape, _flipped_pads(kernel_shape, pads))
+    g = (x.reshape(-1, cin).T @ ct_taps).reshape(cin, kh, kw, cout)
+    return g[:, ::-1, ::-1].transpose(1, 2, 0, 3)
 
 
 def _conv_tile(x_shape: tuple, kernel_shape: tuple, stride: int, pads: tuple) -> int:
@@ -491,20 +496,17 @@ def _conv2d_fwd(x, kernel, stride, pads):
 
 def _conv2d_bwd(stride, pads, res, ct):
     x, kernel, taps = res
-    kh, kw, cin, cout = kernel.shape
-    flipped_pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), pads))
+    cin, cout = kernel.shape[2:]
+    flipped_pads = _flipped_pads(kernel.shape, pads)
     if stride == 1 and min(min(p) for p in flipped_pads) >= 0:
         # dx[r] = sum_t ct[r + pad - t] k[t]: a correlation of ct with the flipped kernel
         flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
         if taps is None and _narrow_form(x.shape, kernel.shape, 1) == "shift" and \
                 _narrow_form(ct.shape, flipped.shape, 1) == "taps":
-            # few output channels: the cotangent's taps (N*H*W, kh*kw*Cout) serve both
-            # gradients; column block (kh-1-i, kw-1-j) holds ct[r + pad - (i, j)], so
-            # dK[i, j] = x^T @ that block
+            # few output channels: the cotangent's taps (N*H*W, kh*kw*Cout) serve both gradients
             ct_taps = _stacked_taps(ct, flipped.shape, flipped_pads)
-            dx = _taps_conv(ct, flipped, flipped_pads, ct_taps)
-            g = (x.reshape(-1, cin).T @ ct_taps).reshape(cin, kh, kw, cout)
-            return dx, g[:, ::-1, ::-1].transpose(1, 2, 0, 3)
+            return (_taps_conv(ct, flipped, flipped_pads, ct_taps),
+                    _shifted_cotangent_kernel_grad(x, ct, kernel.shape, pads, ct_taps))
         dx = _conv_forward(ct, flipped, 1, flipped_pads)
     elif stride == 2 and cin <= _SUBPIXEL_MAX_CHANNELS and min(min(p) for p in pads) >= 0:
         dx = _stride2_input_grad(ct, kernel, x.shape, pads)
@@ -555,8 +557,8 @@ def conv_transpose(z: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     padding 'SAME', no kernel flip): z (N, h, w, Cin), kernel (kh, kw, Cin, Cout) ->
     (N, s*h, s*w, Cout). On XLA:CPU a stride-2 one with kernels of 2+ taps is the input gradient
     of the stride-2 conv it transposes, in sub-pixel form (``_stride2_input_grad``: a stride-1
-    conv of z and depth-to-space, not a conv over the zero-dilated z), with ``conv2d``'s
-    gradients; elsewhere lax's. DSC's decoder: its fine-tune step 1.2x with ``Conv`` in the
+    conv of z and depth-to-space, not a conv over the zero-dilated z; its gradients by
+    autodiff of those ops); elsewhere lax's. DSC's decoder: its fine-tune step 1.2x with ``Conv`` in the
     encoder (COIL-20)."""
     kh, kw = kernel.shape[:2]
     if not (cpu_kernels() and stride == 2 and min(kh, kw) >= 2):
