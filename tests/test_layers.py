@@ -119,6 +119,18 @@ def test_max_pool_gradient_of_zeros_counts_windows():
     assert float(grad.sum()) == 4.0
 
 
+def _conv2d_and_lax_conv(x, kernel, stride, pads, key=5):
+    """((conv2d's values, lax's), [(conv2d's dx, lax's dx), (conv2d's dkernel, lax's)]): the
+    reference is lax.conv_general_dilated and jax.grad of it, under one random cotangent."""
+    plain = lambda t, k: lax.conv_general_dilated(t, k, (stride, stride), pads,  # noqa: E731
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ours = lambda t, k: conv2d(t, k, stride, pads)  # noqa: E731
+    ref = plain(x, kernel)
+    ct = jax.random.normal(jax.random.key(key), ref.shape)
+    grad = lambda f: jax.grad(lambda t, k: jnp.sum(f(t, k) * ct), argnums=(0, 1))(x, kernel)  # noqa: E731
+    return (ours(x, kernel), ref), list(zip(grad(ours), grad(plain)))
+
+
 @pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch"])
 @pytest.mark.parametrize("cin,pads", [(1, ((1, 1), (1, 1))), (8, ((0, 1), (0, 1))),
                                        (3, ((1, 2), (1, 2)))])
@@ -131,12 +143,9 @@ def test_conv2d_whole_batch_gradient_equals_autodiff_of_plain_conv(kind, cin, pa
     kh = 2 if cin == 8 else 3
     rng = np.random.default_rng(cin)
     kernel = jnp.asarray(rng.integers(-2, 3, (kh, kh, cin, 4)), jnp.float32)   # ties in weights
-    plain = lambda t, k: lax.conv_general_dilated(t, k, (stride, stride), pads,
-                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(conv2d(x, kernel, stride, pads), plain(x, kernel), atol=1e-5)
-    ct = jax.random.normal(jax.random.key(5), plain(x, kernel).shape)
-    grad = lambda f: jax.grad(lambda t, k: jnp.sum(f(t, k) * ct), argnums=(0, 1))(x, kernel)
-    for go, gr in zip(grad(lambda t, k: conv2d(t, k, stride, pads)), grad(plain)):
+    (got, ref), grads = _conv2d_and_lax_conv(x, kernel, stride, pads)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    for go, gr in grads:
         np.testing.assert_allclose(go, gr, rtol=1e-5, atol=1e-4)
 
 
@@ -250,14 +259,9 @@ def test_conv2d_with_winograd_equals_autodiff_of_lax_conv(kind, h, pads):
     x = jnp.asarray(_wide_inputs(h, h, kind, 64), jnp.float32)
     rng = np.random.default_rng(h)
     kernel = jnp.asarray(rng.integers(-2, 3, (3, 3, 64, 64)) / 24.0, jnp.float32)
-    plain = lambda t, k: lax.conv_general_dilated(t, k, (1, 1), pads,
-                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    ref = plain(x, kernel)
-    scale = max(1.0, float(jnp.abs(ref).max()))
-    np.testing.assert_allclose(conv2d(x, kernel, 1, pads), ref, rtol=0, atol=5e-5 * scale)
-    ct = jax.random.normal(jax.random.key(3), ref.shape)
-    grad = lambda f: jax.grad(lambda t, k: jnp.sum(f(t, k) * ct), argnums=(0, 1))(x, kernel)
-    for go, gr in zip(grad(lambda t, k: conv2d(t, k, 1, pads)), grad(plain)):
+    (got, ref), grads = _conv2d_and_lax_conv(x, kernel, 1, pads, key=3)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=5e-5 * max(1.0, float(jnp.abs(ref).max())))
+    for go, gr in grads:
         np.testing.assert_allclose(go, gr, rtol=0, atol=5e-5 * max(1.0, float(jnp.abs(gr).max())))
 
 
@@ -296,12 +300,9 @@ def test_conv2d_equals_autodiff_of_lax_conv(monkeypatch, k, stride, h, w, chunk_
     kernel = jnp.asarray(rng.integers(-2, 3, (k, k, 5, 4)), jnp.float32)   # ties in weights
     p = k // 2
     pads = ((p, p), (p, p)) if k != 3 or stride != 1 else ((1, 0), (2, 1))   # + uneven pads
-    plain = lambda t, kk: lax.conv_general_dilated(t, kk, (stride, stride), pads,
-                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(conv2d(x, kernel, stride, pads), plain(x, kernel), atol=1e-5)
-    ct = jax.random.normal(jax.random.key(5), plain(x, kernel).shape)
-    grad = lambda f: jax.grad(lambda t, kk: jnp.sum(f(t, kk) * ct), argnums=(0, 1))(x, kernel)
-    for go, gr in zip(grad(lambda t, kk: conv2d(t, kk, stride, pads)), grad(plain)):
+    (got, ref), grads = _conv2d_and_lax_conv(x, kernel, stride, pads)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    for go, gr in grads:
         np.testing.assert_allclose(go, gr, rtol=1e-5, atol=1e-4)
 
 
