@@ -4,7 +4,7 @@
 
 Ours: the engine's jitted train step (aeclust_jax.train: uint8 batch on device, float conversion
 and noise inside the step, Adadelta Keras-2020), variants: upsampling op (subpixel = the default:
-each up x2 + 3x3 conv computed as one conv on the small map, models/layers.py; repeat | broadcast
+each up x2 + 3x3 conv computed as one conv on the small map, models/layers/; repeat | broadcast
 | resize = the literal upsample then conv) and steps fused per dispatch (1 = one jitted call per
 step, k = a Python loop of k steps inside one jit, unrolled). Peer: the same architecture in
 PyTorch (NCHW, eager), same optimizer, same batch, the same process. Warm timings (compile

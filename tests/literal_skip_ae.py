@@ -1,7 +1,7 @@
 """The S1 autoencoders written literally with flax's own layers, as the authors' Keras code reads:
 Conv(relu) -> MaxPool, nearest up x2 by jnp.repeat -> Conv, Conv2DTranspose 'valid' on the skip.
 
-A test reference only: it shares no code with aeclust_jax.models (neither layers.py nor
+A test reference only: it shares no code with aeclust_jax.models (neither models/layers/ nor
 skip_ae.py), and its parameter tree has the production model's names and shapes, so the two can
 be run on the same parameters and compared value for value and gradient for gradient.
 """

@@ -13,8 +13,8 @@ import pytest
 
 from jax import lax
 
-from aeclust_jax.models import layers
-from aeclust_jax.models.layers import (Conv, Conv3x3, DepthwiseConv, conv2d,
+from aeclust_jax.models.layers import convolution, winograd
+from aeclust_jax.models.layers import (Conv, Conv3x3, ConvTranspose, DepthwiseConv, conv2d,
                                       conv3x3, cpu_kernels, depthwise_conv,
                                       fused_max_pool_2x2, max_pool_2x2, pointwise_conv,
                                       upsample_conv, winograd_conv3x3)
@@ -189,7 +189,7 @@ def test_narrow_conv_forms_equal_the_correlation(kind, cin, cout, k, h, w, pads,
     to every tap's output, then a sum of shifted slices; with the kernel gradient from the
     shifted cotangent) against a float64 numpy correlation and its tap-by-tap gradients: ties,
     zeros and constants in the input, integer weights, asymmetric pads, 2x2 kernels."""
-    assert layers._narrow_form((2, h, w, cin), (k, k, cin, cout), 1) == form
+    assert convolution._narrow_form((2, h, w, cin), (k, k, cin, cout), 1) == form
     rng = np.random.default_rng(cin * 100 + cout)
     x = _wide_inputs(h, w, kind, cin)
     kernel = rng.integers(-2, 3, (k, k, cin, cout)).astype(np.float32)
@@ -210,7 +210,7 @@ def test_narrow_conv_forms_equal_the_correlation(kind, cin, cout, k, h, w, pads,
 def test_narrow_form_choice():
     """The GEMM forms only where measured faster (stride 1; 4 or fewer input channels: "taps";
     outputs at most half the inputs and 64 or fewer: "shift") and within _NARROW_BYTES."""
-    form = layers._narrow_form
+    form = convolution._narrow_form
     assert form((128, 32, 32, 3), (3, 3, 3, 16), 1) == "taps"
     assert form((128, 32, 32, 3), (3, 3, 3, 16), 2) is None
     assert form((128, 32, 32, 16), (3, 3, 16, 3), 1) == "shift"
@@ -255,7 +255,7 @@ def test_conv2d_with_winograd_equals_autodiff_of_lax_conv(kind, h, pads):
     lax.conv_general_dilated, on ties, zeros and constants."""
     ho = h + sum(pads[0]) - 2
     expect = {8: 4, 6: 2, 14: 2, 10: 4, 4: 2, 3: 0}[h]
-    assert layers._winograd_tile(ho, ho, 64, 64) == expect
+    assert winograd._winograd_tile(ho, ho, 64, 64) == expect
     x = jnp.asarray(_wide_inputs(h, h, kind, 64), jnp.float32)
     rng = np.random.default_rng(h)
     kernel = jnp.asarray(rng.integers(-2, 3, (3, 3, 64, 64)) / 24.0, jnp.float32)
@@ -267,7 +267,7 @@ def test_conv2d_with_winograd_equals_autodiff_of_lax_conv(kind, h, pads):
 
 def test_winograd_tile_choice():
     """Winograd only where it was measured faster: 64+ channels, maps up to 128 px."""
-    tile = layers._winograd_tile
+    tile = winograd._winograd_tile
     assert [tile(s, s, 256, 256) for s in (224, 112, 56, 28, 14, 12, 8, 6, 4, 3)] == \
         [0, 4, 4, 4, 2, 4, 4, 2, 4, 0]
     assert tile(28, 28, 32, 512) == 0 and tile(28, 27, 512, 512) == 0
@@ -276,11 +276,11 @@ def test_winograd_tile_choice():
 def test_kernel_gradient_batch_chunks():
     """The whole batch when its taps fit in 32 MB, else the largest divisor of the batch whose
     taps fit in 4 MB."""
-    assert layers._batch_chunk(128, 200_000) == 128            # 25.6 MB
-    assert layers._batch_chunk(128, 1 << 20) == 4               # 128 MB -> 4 images of 1 MB
-    assert layers._batch_chunk(100, 300_000) == 100             # 30 MB
-    assert layers._batch_chunk(100, 1_500_000) == 2             # 150 MB -> 2 (a divisor of 100)
-    assert layers._batch_chunk(7, 10 << 20) == 1                # one image is over 4 MB
+    assert convolution._batch_chunk(128, 200_000) == 128            # 25.6 MB
+    assert convolution._batch_chunk(128, 1 << 20) == 4               # 128 MB -> 4 images of 1 MB
+    assert convolution._batch_chunk(100, 300_000) == 100             # 30 MB
+    assert convolution._batch_chunk(100, 1_500_000) == 2             # 150 MB -> 2 (a divisor of 100)
+    assert convolution._batch_chunk(7, 10 << 20) == 1                # one image is over 4 MB
 
 
 @pytest.mark.parametrize("k,stride,h,w,chunk_bytes", [
@@ -292,8 +292,8 @@ def test_conv2d_equals_autodiff_of_lax_conv(monkeypatch, k, stride, h, w, chunk_
     against jax.grad of lax.conv_general_dilated; chunk_bytes forces the kernel gradient's scan
     over chunks of images (1: one image a step; batch 3 has no other divisor)."""
     if chunk_bytes is not None:
-        monkeypatch.setattr(layers, "_WGRAD_WHOLE_BATCH_BYTES", 0)
-        monkeypatch.setattr(layers, "_WGRAD_CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(convolution, "_WGRAD_WHOLE_BATCH_BYTES", 0)
+        monkeypatch.setattr(convolution, "_WGRAD_CHUNK_BYTES", chunk_bytes)
     x = _pool_inputs(h, w)[kind]
     x = jnp.asarray(np.concatenate([x, x[:1] * 0.5]).repeat(2, -1)[..., :5], jnp.float32)
     rng = np.random.default_rng(k * 10 + stride)
@@ -323,7 +323,7 @@ def test_stride2_input_gradient_equals_autodiff(k, h, w, pads, kind):
     y, vjp = jax.vjp(plain, x)
     ct = jnp.asarray(rng.integers(-1, 2, y.shape), jnp.float32)
     want = vjp(ct)[0]
-    got = layers._stride2_input_grad(ct, kernel, x.shape, pads)
+    got = convolution._stride2_input_grad(ct, kernel, x.shape, pads)
     assert got.shape == x.shape
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
@@ -339,7 +339,7 @@ def test_conv_transpose_module_is_nn_conv_transpose(kernels, k, stride, h, w, ki
     taps takes the sub-pixel form on the CPU kernels, the rest lax's conv_transpose."""
     monkeypatch.setenv("AECLUST_KERNELS", kernels)
     z = jnp.asarray(_wide_inputs(h, w, kind, 6), jnp.float32)
-    ours = layers.ConvTranspose(3, (k, k), (stride, stride))
+    ours = ConvTranspose(3, (k, k), (stride, stride))
     ref = nn.ConvTranspose(3, (k, k), strides=(stride, stride), padding="SAME")
     p = ours.init(jax.random.key(1), z)
     assert jax.tree.map(jnp.shape, p) == jax.tree.map(jnp.shape, ref.init(jax.random.key(1), z))

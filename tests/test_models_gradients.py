@@ -1,4 +1,4 @@
-"""Whole-model gradients of the fast S1 networks (models/layers.py: sub-pixel up+conv, reshape max
+"""Whole-model gradients of the fast S1 networks (models/layers/: sub-pixel up+conv, reshape max
 pool with its own VJP, einsum kernel gradients) against a literal flax-only network
 (tests/literal_skip_ae.py: nn.Conv, nn.max_pool, jnp.repeat, nn.ConvTranspose), on real MNIST
 images, whose flat backgrounds make whole pooling windows tie, with nonzero biases."""

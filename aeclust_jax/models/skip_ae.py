@@ -16,7 +16,7 @@ Two families, chosen by the image shape (STUDIES.md S1, the authors' Keras code)
   [+ z1] -> Conv8 -> Up 26 -> Conv8 -> Up 52 -> Conv16 'valid' (50) [+ z2] -> Up 100 -> Conv1 sigmoid.
 
 Convs are 3x3 ReLU 'same' unless said, pools 2x2 'same', dense layers SELU, upsampling nearest x2.
-How they run (models/layers.py): each "upsample x2 then conv" is one conv on the small map
+How they run (models/layers/): each "upsample x2 then conv" is one conv on the small map
 (``upsample="subpixel"``, exact; ``repeat``/``broadcast``/``resize`` run it literally), and each
 "conv, ReLU, pool" as conv, pool, bias, ReLU (same values).
 ``dae``/``dae_skip`` are the same networks; they only carry ``noise_std`` (the corruption is applied

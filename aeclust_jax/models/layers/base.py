@@ -1,0 +1,64 @@
+"""The primitives the layers share: the backend switch, lax's correlation with explicit pads,
+strided tap slices and their stacks, TF 'SAME' padding."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def cpu_kernels() -> bool:
+    """Whether ``Conv`` and ``max_pool_2x2`` use this package's XLA:CPU kernels (GEMM kernel
+    gradients, fused pool gradient): on the CPU backend, unless ``AECLUST_KERNELS`` says
+    ``cpu`` (always) or ``xla`` (never; XLA's own ops everywhere)."""
+    choice = os.environ.get("AECLUST_KERNELS", "auto")
+    if choice not in ("auto", "cpu", "xla"):
+        raise ValueError(f"AECLUST_KERNELS must be auto, cpu or xla, got {choice!r}")
+    return choice == "cpu" or (choice == "auto" and jax.default_backend() == "cpu")
+
+
+def _conv(x: jax.Array, kernel: jax.Array, pads: tuple, stride: int = 1) -> jax.Array:
+    """Correlation, NHWC x HWIO, explicit ((top, bottom), (left, right)) zero padding."""
+    return lax.conv_general_dilated(x, kernel, (stride, stride), pads, dimension_numbers=_DN)
+
+
+def _tap(xp: jax.Array, i: int, j: int, stride: int, ho: int, wo: int) -> jax.Array:
+    """(N, Ho, Wo, C): the (strided) slice of the padded input xp that kernel tap (i, j) reads
+    for each output pixel."""
+    n, _, _, c = xp.shape
+    return lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
+                     (1, stride, stride, 1))
+
+
+def _taps(xp: jax.Array, kh: int, kw: int, stride: int, ho: int, wo: int) -> jax.Array:
+    """(N, Ho, Wo, kh*kw, C): every ``_tap`` of a kh x kw kernel, stacked."""
+    return jnp.stack([_tap(xp, i, j, stride, ho, wo) for i in range(kh) for j in range(kw)], 3)
+
+
+def _out_size(x_shape: tuple, kernel_shape: tuple, pads: tuple) -> tuple[int, int]:
+    """(Ho, Wo) of a stride-1 correlation."""
+    return (x_shape[1] + sum(pads[0]) - kernel_shape[0] + 1,
+            x_shape[2] + sum(pads[1]) - kernel_shape[1] + 1)
+
+
+def _stacked_taps(x: jax.Array, kernel_shape: tuple, pads: tuple) -> jax.Array:
+    """The stride-1 taps of x (N, H, W, C) zero-padded by pads, as a matrix (N*Ho*Wo, kh*kw*C):
+    row p, column block t = (i, j) holds x_padded[p + (i, j)]."""
+    kh, kw = kernel_shape[:2]
+    ho, wo = _out_size(x.shape, kernel_shape, pads)
+    (pt, pb), (pl, pr) = pads                            # negative pads crop (lax.pad)
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+    return _taps(xp, kh, kw, 1, ho, wo).reshape(-1, kh * kw * x.shape[-1])
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow/XLA 'SAME' padding of one axis: (low, high) for ceil(size / stride) outputs,
+    the extra pixel of an odd total after."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
