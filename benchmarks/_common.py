@@ -139,18 +139,25 @@ def best_of(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
     return min(times), out
 
 
-def rounds(ours: Callable[[], Any], peer: Callable[[], Any],
-           repeat: int) -> tuple[list[float], list[float]]:
-    """Seconds of `repeat` interleaved warm calls of peer and ours (ours blocked on): the two
-    sides see the same minutes of this shared machine's drifting speed."""
+def rounds(ours: Callable[[], Any], peer: Callable[[], Any], repeat: int,
+           settle: int = 1) -> tuple[list[float], list[float]]:
+    """Seconds of `repeat` interleaved rounds (ours blocked on): each round calls the peer
+    settle + 1 times in a row, then ours settle + 1 times, and times the last call of each side.
+
+    Interleaving lets both sides see the same minutes of this shared machine's drifting speed;
+    the untimed calls make each timed call follow a call of its own library, as when a library
+    runs batch after batch (steady state). The first call after the other library's runs with
+    the other's data in the caches and its threads still spinning: ResNet-18 at 96 px, batch 32,
+    ms: ours 137 after ours, 185 after PyTorch; PyTorch 156 after PyTorch, 182 after ours (and
+    both ~250 after 0.5 s idle), so strict alternation (settle=0) cost ours more than the peer."""
     t_ours, t_peer = [], []
     for _ in range(repeat):
-        t = time.perf_counter()
-        peer()
-        t_peer.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        block(ours())
-        t_ours.append(time.perf_counter() - t)
+        for fn, times in ((peer, t_peer), (lambda: block(ours()), t_ours)):
+            for _ in range(settle):
+                fn()
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
     return t_ours, t_peer
 
 

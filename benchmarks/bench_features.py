@@ -19,7 +19,8 @@ torch.no_grad (extraction); the resize/normalisation is outside both. torch uses
 as the machine has cores (XLA uses them all); on a GPU both sides run there (``--torch-device``,
 each timed call waits for its device), with each library's default float32 conv math. Warm timings: ours' first (compiling) call and the
 peer's first call are untimed and reported apart; then --repeat rounds interleave the peer and
-ours, one batch each, and the median time is kept (the best-of-rounds speedup is reported too).
+ours, two batches a side in a row with the second timed (steady state: ``_common.rounds``), and
+the median time is kept (the best-of-rounds speedup is reported too).
 LAST line: one JSON object; "speedup" = the worst row's peer time / our time, "target_met" whether
 every row reaches the issue's 1.5x.
 """

@@ -247,7 +247,7 @@ def test_winograd_conv3x3_equals_the_correlation(m, kind, h, w, pads):
                                     (10, ((0, 0), (0, 0))),     # F(4x4), input gradient F(2x2)
                                     (4, ((3, 1), (1, 3))),      # F(2x2), pads past the kernel:
                                                                 # XLA's transposed input gradient
-                                    (3, ((1, 1), (1, 1)))])     # XLA's conv: tiles mostly padding
+                                    (3, ((1, 1), (1, 1)))])     # not Winograd: tiles mostly padding
 def test_conv2d_with_winograd_equals_autodiff_of_lax_conv(kind, h, pads):
     """conv2d on the 64-channel shapes where ``_winograd_tile`` picks Winograd (forward, the
     input gradient as a 3x3 conv of the cotangent with the flipped kernel, the kernel gradient
@@ -271,6 +271,67 @@ def test_winograd_tile_choice():
     assert [tile(s, s, 256, 256) for s in (224, 112, 56, 28, 14, 12, 8, 6, 4, 3)] == \
         [0, 4, 4, 4, 2, 4, 4, 2, 4, 0]
     assert tile(28, 28, 32, 512) == 0 and tile(28, 27, 512, 512) == 0
+
+
+@pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch"])
+@pytest.mark.parametrize("h,w,k,pads", [(3, 3, 3, ((1, 1), (1, 1))),    # ResNet's 3x3 maps
+                                        (7, 5, 3, ((0, 2), (2, 0))),    # asymmetric pads
+                                        (1, 1, 3, ((1, 1), (1, 1))),    # one pixel
+                                        (5, 5, 5, ((2, 2), (2, 2))),    # a 5x5 kernel
+                                        (3, 4, 3, ((3, 1), (0, 2)))])   # a tap that reads only padding
+def test_valid_taps_conv_equals_the_correlation(kind, h, w, k, pads):
+    """conv2d on small maps of 64 channels (one GEMM per tap over the output pixels it reads
+    inside the map; the input gradient its transpose, the kernel gradient per tap) against a
+    float64 numpy correlation and its tap-by-tap gradients: ties, zeros and constants in the
+    input, integer weights, asymmetric pads, a tap wholly in the padding (its gradient is 0)."""
+    assert convolution._form((2, h, w, 64), (k, k, 64, 64), 1, pads) == "valid_taps"
+    rng = np.random.default_rng(h * 10 + w)
+    x = _wide_inputs(h, w, kind, 64)
+    kernel = rng.integers(-2, 3, (k, k, 64, 64)).astype(np.float32)
+    ref = _numpy_correlation(x, kernel, pads)
+    xj, kj = jnp.asarray(x, jnp.float32), jnp.asarray(kernel)
+    y = conv2d(xj, kj, 1, pads)
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=0,
+                               atol=1e-6 * max(1.0, np.abs(ref).max()))
+    ct = rng.normal(size=ref.shape).astype(np.float32)
+    got = jax.grad(lambda t, kk: jnp.sum(conv2d(t, kk, 1, pads) * ct), argnums=(0, 1))(xj, kj)
+    for g, r in zip(got, _numpy_correlation_grads(x, kernel, pads, ct)):
+        assert g.shape == r.shape
+        np.testing.assert_allclose(np.asarray(g, np.float64), r, rtol=0,
+                                   atol=1e-5 * max(1.0, np.abs(r).max()))
+
+
+@pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant"])
+@pytest.mark.parametrize("h,w,k,pads", [(6, 6, 3, ((1, 1), (1, 1))),    # ResNet's 6 -> 3 px
+                                        (8, 7, 3, ((0, 1), (0, 1))),    # odd width, one-sided pads
+                                        (9, 9, 5, ((2, 2), (2, 2))),
+                                        (2, 2, 3, ((1, 1), (1, 1)))])   # one output pixel
+def test_valid_taps_stride2_equals_autodiff_of_lax_conv(kind, h, w, k, pads):
+    """The same form at stride 2 (strided slices of the input per tap): values and both
+    gradients against jax.grad of lax.conv_general_dilated, on ties, zeros and constants."""
+    assert convolution._form((2, h, w, 64), (k, k, 64, 96), 2, pads) == "valid_taps"
+    x = jnp.asarray(_wide_inputs(h, w, kind, 64), jnp.float32)
+    kernel = jnp.asarray(np.random.default_rng(h).integers(-2, 3, (k, k, 64, 96)), jnp.float32)
+    (got, ref), grads = _conv2d_and_lax_conv(x, kernel, 2, pads, key=4)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * max(1.0, float(jnp.abs(ref).max())))
+    for go, gr in grads:
+        np.testing.assert_allclose(go, gr, rtol=0, atol=1e-5 * max(1.0, float(jnp.abs(gr).max())))
+
+
+def test_conv_form_choice():
+    """Winograd first, then the narrow GEMM forms, then valid taps for wide convs (64+ channels)
+    into maps of at most 64 pixels, else XLA's conv."""
+    form = convolution._form
+    same = ((1, 1), (1, 1))
+    assert form((32, 3, 3, 512), (3, 3, 512, 512), 1, same) == "valid_taps"    # ResNet-18, 96 px
+    assert form((32, 7, 7, 512), (3, 3, 512, 512), 1, same) == "valid_taps"    # 224 px
+    assert form((32, 6, 6, 256), (3, 3, 256, 512), 2, same) == "valid_taps"
+    assert form((128, 4, 4, 512), (3, 3, 512, 512), 1, same) == "winograd"     # 32 px
+    assert form((128, 32, 32, 64), (3, 3, 64, 128), 2, same) == "xla"          # 16x16 out
+    assert form((32, 3, 3, 512), (3, 3, 512, 32), 1, same) == "shift"          # few outputs
+    assert form((32, 3, 3, 32), (3, 3, 32, 32), 1, same) == "xla"              # narrow
+    assert form((32, 3, 3, 512), (1, 1, 512, 512), 1, ((0, 0), (0, 0))) == "xla"
 
 
 def test_kernel_gradient_batch_chunks():

@@ -16,8 +16,8 @@ parameters, computed in a form XLA:CPU runs faster; the module of each says why 
 measured:
 
     base.py         the backend switch (cpu_kernels), tap slices, 'SAME' padding
-    convolution.py  conv2d and its hand-written gradients (GEMM, Winograd, narrow and sub-pixel
-                    forms), conv, pointwise_conv, conv_transpose
+    convolution.py  conv2d and its hand-written gradients (GEMM, Winograd, narrow, sub-pixel and
+                    small-map forms), conv, pointwise_conv, conv_transpose
     winograd.py     Winograd F(2x2 / 4x4, 3x3) forward and kernel gradient
     upsample.py     upsample_conv: a conv of a x2 nearest-upsampled map on the small map
     pooling.py      max_pool_2x2 with XLA's first-maximum gradient as fused elementwise ops

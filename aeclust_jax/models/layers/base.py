@@ -41,10 +41,11 @@ def _taps(xp: jax.Array, kh: int, kw: int, stride: int, ho: int, wo: int) -> jax
     return jnp.stack([_tap(xp, i, j, stride, ho, wo) for i in range(kh) for j in range(kw)], 3)
 
 
-def _out_size(x_shape: tuple, kernel_shape: tuple, pads: tuple) -> tuple[int, int]:
-    """(Ho, Wo) of a stride-1 correlation."""
-    return (x_shape[1] + sum(pads[0]) - kernel_shape[0] + 1,
-            x_shape[2] + sum(pads[1]) - kernel_shape[1] + 1)
+def _out_size(x_shape: tuple, kernel_shape: tuple, pads: tuple,
+              stride: int = 1) -> tuple[int, int]:
+    """(Ho, Wo) of a correlation with this stride."""
+    return ((x_shape[1] + sum(pads[0]) - kernel_shape[0]) // stride + 1,
+            (x_shape[2] + sum(pads[1]) - kernel_shape[1]) // stride + 1)
 
 
 def _stacked_taps(x: jax.Array, kernel_shape: tuple, pads: tuple) -> jax.Array:
