@@ -174,6 +174,23 @@ def _numpy_correlation_grads(x, kernel, pads, ct):
     return dxp[:, pt:xp.shape[1] - pb, pl:xp.shape[2] - pr], dk
 
 
+def _assert_stride1_conv2d_is_the_correlation(x, kernel, pads, rng):
+    """conv2d(x, kernel, 1, pads), its values and both gradients under a random cotangent from
+    rng, equal the float64 numpy correlation and its tap-by-tap gradients."""
+    ref = _numpy_correlation(x, kernel, pads)
+    xj, kj = jnp.asarray(x, jnp.float32), jnp.asarray(kernel)
+    y = conv2d(xj, kj, 1, pads)
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=0,
+                               atol=1e-6 * max(1.0, np.abs(ref).max()))
+    ct = rng.normal(size=ref.shape).astype(np.float32)
+    got = jax.grad(lambda t, kk: jnp.sum(conv2d(t, kk, 1, pads) * ct), argnums=(0, 1))(xj, kj)
+    for g, r in zip(got, _numpy_correlation_grads(x, kernel, pads, ct)):
+        assert g.shape == r.shape
+        np.testing.assert_allclose(np.asarray(g, np.float64), r, rtol=0,
+                                   atol=1e-5 * max(1.0, np.abs(r).max()))
+
+
 @pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch"])
 @pytest.mark.parametrize("cin,cout,k,h,w,pads,form", [
     (3, 16, 3, 9, 7, ((1, 1), (1, 1)), "taps"),       # an RGB input (the CAEs' first conv)
@@ -193,18 +210,7 @@ def test_narrow_conv_forms_equal_the_correlation(kind, cin, cout, k, h, w, pads,
     rng = np.random.default_rng(cin * 100 + cout)
     x = _wide_inputs(h, w, kind, cin)
     kernel = rng.integers(-2, 3, (k, k, cin, cout)).astype(np.float32)
-    ref = _numpy_correlation(x, kernel, pads)
-    xj, kj = jnp.asarray(x, jnp.float32), jnp.asarray(kernel)
-    y = conv2d(xj, kj, 1, pads)
-    assert y.shape == ref.shape
-    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=0,
-                               atol=1e-6 * max(1.0, np.abs(ref).max()))
-    ct = rng.normal(size=ref.shape).astype(np.float32)
-    got = jax.grad(lambda t, kk: jnp.sum(conv2d(t, kk, 1, pads) * ct), argnums=(0, 1))(xj, kj)
-    for g, r in zip(got, _numpy_correlation_grads(x, kernel, pads, ct)):
-        assert g.shape == r.shape
-        np.testing.assert_allclose(np.asarray(g, np.float64), r, rtol=0,
-                                   atol=1e-5 * max(1.0, np.abs(r).max()))
+    _assert_stride1_conv2d_is_the_correlation(x, kernel, pads, rng)
 
 
 def test_narrow_form_choice():
@@ -288,18 +294,7 @@ def test_valid_taps_conv_equals_the_correlation(kind, h, w, k, pads):
     rng = np.random.default_rng(h * 10 + w)
     x = _wide_inputs(h, w, kind, 64)
     kernel = rng.integers(-2, 3, (k, k, 64, 64)).astype(np.float32)
-    ref = _numpy_correlation(x, kernel, pads)
-    xj, kj = jnp.asarray(x, jnp.float32), jnp.asarray(kernel)
-    y = conv2d(xj, kj, 1, pads)
-    assert y.shape == ref.shape
-    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=0,
-                               atol=1e-6 * max(1.0, np.abs(ref).max()))
-    ct = rng.normal(size=ref.shape).astype(np.float32)
-    got = jax.grad(lambda t, kk: jnp.sum(conv2d(t, kk, 1, pads) * ct), argnums=(0, 1))(xj, kj)
-    for g, r in zip(got, _numpy_correlation_grads(x, kernel, pads, ct)):
-        assert g.shape == r.shape
-        np.testing.assert_allclose(np.asarray(g, np.float64), r, rtol=0,
-                                   atol=1e-5 * max(1.0, np.abs(r).max()))
+    _assert_stride1_conv2d_is_the_correlation(x, kernel, pads, rng)
 
 
 @pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant"])
