@@ -282,14 +282,14 @@ def test_winograd_tile_choice():
 @pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch"])
 @pytest.mark.parametrize("h,w,k,pads", [(3, 3, 3, ((1, 1), (1, 1))),    # ResNet's 3x3 maps
                                         (7, 5, 3, ((0, 2), (2, 0))),    # asymmetric pads
-                                        (1, 1, 3, ((1, 1), (1, 1))),    # one pixel
+                                        (1, 1, 3, ((1, 1), (1, 1))),    # one pixel: 8 taps read only padding
                                         (5, 5, 5, ((2, 2), (2, 2))),    # a 5x5 kernel
-                                        (3, 4, 3, ((3, 1), (0, 2)))])   # a tap that reads only padding
+                                        (3, 4, 3, ((3, 1), (0, 2)))])   # a pad past the kernel
 def test_valid_taps_conv_equals_the_correlation(kind, h, w, k, pads):
     """conv2d on small maps of 64 channels (one GEMM per tap over the output pixels it reads
     inside the map; the input gradient its transpose, the kernel gradient per tap) against a
     float64 numpy correlation and its tap-by-tap gradients: ties, zeros and constants in the
-    input, integer weights, asymmetric pads, a tap wholly in the padding (its gradient is 0)."""
+    input, integer weights, asymmetric pads, taps wholly in the padding (their gradient is 0)."""
     assert convolution._form((2, h, w, 64), (k, k, 64, 64), 1, pads) == "valid_taps"
     rng = np.random.default_rng(h * 10 + w)
     x = _wide_inputs(h, w, kind, 64)

@@ -177,13 +177,15 @@ def _shifted_cotangent_kernel_grad(x: jax.Array, ct: jax.Array, kernel_shape: tu
 
 # Small maps (ResNet's last stage: 3x3 maps at 96 px, 7x7 at 224 px; stride-2 convs into maps of
 # at most 8x8), where a third or more of a conv's multiplies are by the zero padding (a 3x3 map
-# and a 3x3 kernel: 49 of the 81 tap-pixel pairs are inside the map) and XLA:CPU's conv runs at
-# half the matmul rate: one GEMM per tap over the output pixels whose input pixel for that tap is
+# and a 3x3 kernel: 49 of the 81 tap-pixel pairs are inside the map) and XLA:CPU's conv does
+# useful multiplies at under half the matmul rate: one GEMM per tap over the output pixels whose input pixel for that tap is
 # inside the map, (N * rows * cols, Cin) @ kernel[i, j], each added into its rows and columns.
-# Measured forward, ms (XLA conv / valid taps), 2026-12-01 Intel host: batch 32 3x3x512 -> 512
-# 9.8 / 5.2, 7x7x512 -> 512 44.5 / 31.6, s2 6x6x256 -> 512 4.5 / 3.7, s2 24x24x64 -> 128 (12x12
-# out: not taken) 6.2-6.7 / 4.8-6.3; batch 128 3x3x512 34-36 / 16-17, s2 6x6x256 -> 512 16.6 / 12,
-# s2 16x16x128 -> 256 39 / 34, s2 8x8x256 -> 512 29 / 31. Both gradients are the same GEMMs.
+# Measured forward, ms (XLA conv / valid taps), 2026-12-01 Intel host. Batch 32: 3x3x512 -> 512
+# 9.8 / 5.2; 7x7x512 -> 512 44.5 / 31.6; s2 6x6x256 -> 512 4.5 / 3.7; s2 12x12x128 -> 256 4.1-4.2 /
+# 4.6-4.8 (slower, but taken: 36 outputs); s2 24x24x64 -> 128 6.2-6.7 / 4.8-6.3 (not taken: 144).
+# Batch 128: 3x3x512 34-36 / 16-17; s2 6x6x256 -> 512 16.6 / 12-15; s2 16x16x128 -> 256 39 / 34;
+# s2 8x8x256 -> 512 29 / 31 (its input gradient 31.8 / 22.7, kernel gradient 36.3 / 27.8). Both
+# gradients are the same GEMMs; the kernel gradient per tap, 3x3x512 at batch 32 7.2 / 5.9 ms.
 _VALID_TAPS_MAX_PIXELS = 64
 _VALID_TAPS_MIN_CHANNELS = 64
 
