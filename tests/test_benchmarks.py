@@ -2,6 +2,7 @@
 script runs in its quick setting through run_all.py (its figures as a last-line JSON); a peer
 that cannot be built is one line naming it; README's speed table is run_all's markdown."""
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -58,29 +59,8 @@ def test_missing_peer_is_one_line_naming_the_extra(script, peer, monkeypatch, ca
     assert "pip install -e '.[bench]'" in err
 
 
-@pytest.mark.slow
-@pytest.mark.realdata
-def test_run_all_quick_runs_every_benchmark_script(tmp_path, monkeypatch, real_manual_dir):
-    """CI runs every benchmark script in its quick setting through ``run_all.py --quick`` (~2 min
-    on 2 cores), so none can break silently: every stage ends ``ok`` with its last-line JSON
-    (optional peers such as faiss may be missing inside a script; its own peer may not), and the
-    features and S2 rows check what they measure. Real data: bench_data.py times loading MNIST."""
-    pytest.importorskip("torch")
-    pytest.importorskip("efficientnet_lite_pytorch")
-    monkeypatch.syspath_prepend(str(BENCH))
-    import run_all
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([str(BENCH.parent), os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--quick", "--out", str(tmp_path)],
-                       capture_output=True, text=True, env=env, timeout=900)
-    report = json.loads((tmp_path / "run_all.json").read_text())
-    rows = {r["name"]: r for r in report["rows"]}
-    assert p.returncode == 0 and set(rows) == set(run_all.NAMES), p.stderr[-2000:]
-    assert {n: r["status"] for n, r in rows.items()} == {n: "ok" for n in run_all.NAMES}
-    md = (tmp_path / "run_all.md").read_text()
-    assert all(b.stage in md for b in run_all.SUITE) and "failed" not in md
-
-    feats = rows["features"]["result"]          # --quick --rows resnet18 train_resnet18
+def _check_features(feats):
+    """--quick --rows resnet18 train_resnet18: both rows timed, the same features as PyTorch's."""
     assert feats["benchmark"] == "features" and feats["quick"] is True
     assert feats["machine"]["malloc"] == "keep"          # as the tools run (host_memory)
     assert set(feats["rows"]) == {"resnet18", "train_resnet18"} == set(feats["target_met"])
@@ -94,13 +74,52 @@ def test_run_all_quick_runs_every_benchmark_script(tmp_path, monkeypatch, real_m
     assert abs(train["first_loss"] - train["torch_first_loss"]) < 1e-3 * train["torch_first_loss"]
     assert feats["speedup"] == min(r["speedup"] for r in feats["rows"].values())
 
-    s2 = rows["s2_evaluation"]["result"]        # ours and scikit-learn score the same features
+
+def _check_s2(s2):
+    """Ours and scikit-learn score the same features: KNN equal, K-means' scores close."""
     row = s2["rows"]["evaluate"]
     assert s2["benchmark"] == "s2" and s2["speedup"] == row["speedup"] > 0
     assert row["ours_scores"]["knn_accuracy"] == row["sklearn_scores"]["knn_accuracy"]
     for k in ("pairwise_f", "bcubed_f", "nmi"):     # K-means of both sides: close, not equal
         assert abs(row["ours_scores"][k] - row["sklearn_scores"][k]) < 0.1, k
     assert s2["rows"]["train_cae"]["speedup"] > 0
+
+
+def _suite_names() -> tuple[str, ...]:
+    spec = importlib.util.spec_from_file_location("_run_all_names", BENCH / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module             # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module.NAMES
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", _suite_names())
+def test_run_all_quick_runs_each_benchmark_script(name, tmp_path, real_manual_dir):
+    """CI runs every benchmark script in its quick setting through ``run_all.py --quick --only
+    <name>`` (3-35 s each on 2 cores; one test per script, so the test workers share them), so
+    none can break silently: the stage ends ``ok`` with its last-line JSON (optional peers such as
+    faiss may be missing inside a script; its own peer may not), and the features and S2 rows
+    check what they measure. Real data: bench_data.py times loading MNIST."""
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite_pytorch")
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([str(BENCH.parent), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--quick", "--only", name,
+                        "--out", str(tmp_path)], capture_output=True, text=True, env=env,
+                       timeout=600)
+    report = json.loads((tmp_path / "run_all.json").read_text())
+    [row] = report["rows"]
+    assert p.returncode == 0 and row["name"] == name and row["status"] == "ok", p.stderr[-2000:]
+    md = (tmp_path / "run_all.md").read_text()
+    assert row["stage"] in md and "failed" not in md
+    check = {"features": _check_features, "s2_evaluation": _check_s2}.get(name)
+    if check:
+        check(row["result"])
 
 
 def test_bench_features_unbuildable_peer_is_one_line(monkeypatch, capsys):
