@@ -38,12 +38,17 @@ def test_upsample_conv_equals_conv_of_upsampled(padding, n, h, w, cin, cout):
     x = jnp.asarray(rng.normal(size=(n, h, w, cin)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(3, 3, cin, cout)), jnp.float32)
     b = jnp.asarray(rng.normal(size=cout), jnp.float32)
-    ref, ours = _literal(x, k, b, padding), upsample_conv(x, k, b, padding)
+    ref_shape = jax.eval_shape(lambda: _literal(x, k, b, padding)).shape
+    ct = jnp.asarray(rng.normal(size=ref_shape), jnp.float32)     # a random cotangent
+
+    @jax.jit                                                      # one compile (eager: slower)
+    def values_and_grads(x, k, b, ct):
+        grad = lambda f: jax.grad(lambda *a: jnp.sum(f(*a, padding) * ct), argnums=(0, 1, 2))
+        return (_literal(x, k, b, padding), upsample_conv(x, k, b, padding),
+                grad(_literal)(x, k, b), grad(upsample_conv)(x, k, b))
+    ref, ours, g_ref, g_our = values_and_grads(x, k, b, ct)
     assert ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
-    ct = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)     # a random cotangent
-    g_ref = jax.grad(lambda *a: jnp.sum(_literal(*a, padding) * ct), argnums=(0, 1, 2))(x, k, b)
-    g_our = jax.grad(lambda *a: jnp.sum(upsample_conv(*a, padding) * ct), argnums=(0, 1, 2))(x, k, b)
     for gr, go in zip(g_ref, g_our):
         np.testing.assert_allclose(go, gr, rtol=1e-4, atol=1e-3)
 
@@ -83,13 +88,22 @@ def test_max_pool_values_and_gradient_equal_flax_max_pool(h, w, kind, channels):
     first maximum in row-major order), never all tied ones."""
     x = jnp.asarray(_wide_inputs(h, w, kind, channels), jnp.float32)
     flax_pool = lambda t: nn.max_pool(t, (2, 2), strides=(2, 2), padding="SAME")
-    np.testing.assert_array_equal(fused_max_pool_2x2(x), flax_pool(x))
     ct = jax.random.normal(jax.random.key(1), flax_pool(x).shape)
-    g = lambda f: jax.grad(lambda t: jnp.sum(f(t) * ct))(x)
-    np.testing.assert_allclose(g(fused_max_pool_2x2), g(flax_pool), rtol=0, atol=1e-6)
+    (y, ref), (g, g_ref), ones = _pool_values_and_grads(x, ct)
+    np.testing.assert_array_equal(y, ref)
+    np.testing.assert_allclose(g, g_ref, rtol=0, atol=1e-6)
     # the gradient of the pooled sum puts exactly one 1 in every window
-    ones = jax.grad(lambda t: fused_max_pool_2x2(t).sum())(x)
-    assert float(ones.sum()) == float(np.prod(flax_pool(x).shape))
+    assert float(ones.sum()) == float(np.prod(ref.shape))
+
+
+@jax.jit          # one compile per input shape (eager compiles each primitive apart: slower)
+def _pool_values_and_grads(x, ct):
+    """fused_max_pool_2x2 and nn.max_pool of x: values, gradients of sum(pool * ct), and the
+    gradient of our pool's plain sum."""
+    flax_pool = lambda t: nn.max_pool(t, (2, 2), strides=(2, 2), padding="SAME")
+    g = lambda f: jax.grad(lambda t: jnp.sum(f(t) * ct))(x)
+    return ((fused_max_pool_2x2(x), flax_pool(x)), (g(fused_max_pool_2x2), g(flax_pool)),
+            jax.grad(lambda t: fused_max_pool_2x2(t).sum())(x))
 
 
 @pytest.mark.parametrize("kernels", ["cpu", "xla"])
@@ -125,10 +139,14 @@ def _conv2d_and_lax_conv(x, kernel, stride, pads, key=5):
     plain = lambda t, k: lax.conv_general_dilated(t, k, (stride, stride), pads,  # noqa: E731
                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
     ours = lambda t, k: conv2d(t, k, stride, pads)  # noqa: E731
-    ref = plain(x, kernel)
-    ct = jax.random.normal(jax.random.key(key), ref.shape)
-    grad = lambda f: jax.grad(lambda t, k: jnp.sum(f(t, k) * ct), argnums=(0, 1))(x, kernel)  # noqa: E731
-    return (ours(x, kernel), ref), list(zip(grad(ours), grad(plain)))
+
+    @jax.jit      # traced anew per call, so monkeypatched settings apply
+    def both(x, kernel):
+        ref = plain(x, kernel)
+        ct = jax.random.normal(jax.random.key(key), ref.shape)
+        grad = lambda f: jax.grad(lambda t, k: jnp.sum(f(t, k) * ct), argnums=(0, 1))(x, kernel)  # noqa: E731
+        return (ours(x, kernel), ref), list(zip(grad(ours), grad(plain)))
+    return both(x, kernel)
 
 
 @pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch"])
@@ -174,17 +192,23 @@ def _numpy_correlation_grads(x, kernel, pads, ct):
     return dxp[:, pt:xp.shape[1] - pb, pl:xp.shape[2] - pr], dk
 
 
+@functools.partial(jax.jit, static_argnums=3)
+def _conv2d_and_grads(x, kernel, ct, pads):
+    """conv2d(x, kernel, 1, pads) and its gradients wrt x and kernel under the cotangent ct."""
+    y, vjp = jax.vjp(lambda t, k: conv2d(t, k, 1, pads), x, kernel)
+    return y, vjp(ct)
+
+
 def _assert_stride1_conv2d_is_the_correlation(x, kernel, pads, rng):
     """conv2d(x, kernel, 1, pads), its values and both gradients under a random cotangent from
     rng, equal the float64 numpy correlation and its tap-by-tap gradients."""
     ref = _numpy_correlation(x, kernel, pads)
     xj, kj = jnp.asarray(x, jnp.float32), jnp.asarray(kernel)
-    y = conv2d(xj, kj, 1, pads)
+    ct = rng.normal(size=ref.shape).astype(np.float32)
+    y, got = _conv2d_and_grads(xj, kj, ct, pads)
     assert y.shape == ref.shape
     np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=0,
                                atol=1e-6 * max(1.0, np.abs(ref).max()))
-    ct = rng.normal(size=ref.shape).astype(np.float32)
-    got = jax.grad(lambda t, kk: jnp.sum(conv2d(t, kk, 1, pads) * ct), argnums=(0, 1))(xj, kj)
     for g, r in zip(got, _numpy_correlation_grads(x, kernel, pads, ct)):
         assert g.shape == r.shape
         np.testing.assert_allclose(np.asarray(g, np.float64), r, rtol=0,
@@ -240,7 +264,8 @@ def test_winograd_conv3x3_equals_the_correlation(m, kind, h, w, pads):
     x = _wide_inputs(h, w, kind, 5)
     kernel = rng.integers(-2, 3, (3, 3, 5, 7)).astype(np.float32)
     ref = _numpy_correlation(x, kernel, pads)
-    y = winograd_conv3x3(jnp.asarray(x, jnp.float32), jnp.asarray(kernel), pads, m)
+    y = jax.jit(winograd_conv3x3, static_argnums=(2, 3))(jnp.asarray(x, jnp.float32),
+                                                         jnp.asarray(kernel), pads, m)
     assert y.shape == ref.shape
     tol = {2: 1e-6, 4: 1e-5}[m] * max(1.0, np.abs(ref).max())
     np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=0, atol=tol)
@@ -400,12 +425,16 @@ def test_conv_transpose_module_is_nn_conv_transpose(kernels, k, stride, h, w, ki
     assert jax.tree.map(jnp.shape, p) == jax.tree.map(jnp.shape, ref.init(jax.random.key(1), z))
     p = jax.tree.map(lambda a: jnp.round(a * 4) / 4, p)                 # ties in the weights
     p["params"]["bias"] = jnp.asarray([0.5, -1.0, 0.0])
-    y = ours.apply(p, z)
+    ct = jax.random.normal(jax.random.key(2), (2, stride * h, stride * w, 3))
+
+    @jax.jit                                     # one compile (eager: slower)
+    def values_and_grads(p, z, ct):
+        grad = lambda m: jax.grad(lambda pp, t: jnp.sum(m.apply(pp, t) * ct), argnums=(0, 1))
+        return ours.apply(p, z), ref.apply(p, z), grad(ours)(p, z), grad(ref)(p, z)
+    y, y_ref, g_ours, g_ref = values_and_grads(p, z, ct)
     assert y.shape == (2, stride * h, stride * w, 3)
-    np.testing.assert_allclose(y, ref.apply(p, z), rtol=0, atol=1e-5)
-    ct = jax.random.normal(jax.random.key(2), y.shape)
-    grad = lambda m: jax.grad(lambda pp, t: jnp.sum(m.apply(pp, t) * ct), argnums=(0, 1))(p, z)
-    for go, gr in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(ref))):
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-5)
+    for go, gr in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(go, gr, rtol=0, atol=1e-4 * max(1.0, float(jnp.abs(gr).max())))
 
 
