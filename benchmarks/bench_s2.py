@@ -12,8 +12,9 @@ normalized_mutual_info_score, pairwise F from pair_confusion_matrix, BCubed F fr
 contingency table in numpy, KNeighborsClassifier(5, algorithm="brute"), on --peer-threads
 threads (default 1, as the other benchmarks report). Warm timings, compile apart: the evaluation
 best of --repeat calls, the CAE step the median of max(--repeat, 5) interleaved rounds of 5
-steps a side, each timed after 5 untimed steps of its own (``_common.rounds``); the scores of both sides are reported. Last line: JSON with ``speedup``
-(scikit-learn seconds / ours, evaluation row).
+steps a side, each timed after 5 untimed steps of its own (``_common.rounds``); the scores of
+both sides are reported. Last line: JSON with ``speedup`` (scikit-learn seconds / ours,
+evaluation row).
 """
 
 from __future__ import annotations

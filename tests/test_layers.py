@@ -40,17 +40,23 @@ def test_upsample_conv_equals_conv_of_upsampled(padding, n, h, w, cin, cout):
     b = jnp.asarray(rng.normal(size=cout), jnp.float32)
     ref_shape = jax.eval_shape(lambda: _literal(x, k, b, padding)).shape
     ct = jnp.asarray(rng.normal(size=ref_shape), jnp.float32)     # a random cotangent
-
-    @jax.jit                                                      # one compile (eager: slower)
-    def values_and_grads(x, k, b, ct):
-        grad = lambda f: jax.grad(lambda *a: jnp.sum(f(*a, padding) * ct), argnums=(0, 1, 2))
-        return (_literal(x, k, b, padding), upsample_conv(x, k, b, padding),
-                grad(_literal)(x, k, b), grad(upsample_conv)(x, k, b))
-    ref, ours, g_ref, g_our = values_and_grads(x, k, b, ct)
+    (ref, ours), (g_ref, g_our) = _values_and_grads(
+        [lambda *a: _literal(*a, padding), lambda *a: upsample_conv(*a, padding)], (x, k, b), ct)
     assert ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
     for gr, go in zip(g_ref, g_our):
         np.testing.assert_allclose(go, gr, rtol=1e-4, atol=1e-3)
+
+
+def _values_and_grads(fns, args, ct, argnums=(0, 1, 2)):
+    """([fn(*args) for fn in fns], [gradients of sum(fn(*args) * ct) wrt args[argnums]]), in one
+    jitted call (eager compiles each primitive apart: slower). Traced anew per call, so
+    monkeypatched settings apply."""
+    @jax.jit
+    def run(args, ct):
+        grad = lambda f: jax.grad(lambda *a: jnp.sum(f(*a) * ct), argnums=argnums)(*args)  # noqa: E731
+        return [f(*args) for f in fns], [grad(f) for f in fns]
+    return run(args, ct)
 
 
 def test_upsample_conv_rejects_other_kernels_and_paddings():
@@ -139,14 +145,9 @@ def _conv2d_and_lax_conv(x, kernel, stride, pads, key=5):
     plain = lambda t, k: lax.conv_general_dilated(t, k, (stride, stride), pads,  # noqa: E731
                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
     ours = lambda t, k: conv2d(t, k, stride, pads)  # noqa: E731
-
-    @jax.jit      # traced anew per call, so monkeypatched settings apply
-    def both(x, kernel):
-        ref = plain(x, kernel)
-        ct = jax.random.normal(jax.random.key(key), ref.shape)
-        grad = lambda f: jax.grad(lambda t, k: jnp.sum(f(t, k) * ct), argnums=(0, 1))(x, kernel)  # noqa: E731
-        return (ours(x, kernel), ref), list(zip(grad(ours), grad(plain)))
-    return both(x, kernel)
+    ct = jax.random.normal(jax.random.key(key), jax.eval_shape(plain, x, kernel).shape)
+    values, (g_ours, g_ref) = _values_and_grads([ours, plain], (x, kernel), ct, (0, 1))
+    return tuple(values), list(zip(g_ours, g_ref))
 
 
 @pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant", "patch"])
@@ -426,12 +427,7 @@ def test_conv_transpose_module_is_nn_conv_transpose(kernels, k, stride, h, w, ki
     p = jax.tree.map(lambda a: jnp.round(a * 4) / 4, p)                 # ties in the weights
     p["params"]["bias"] = jnp.asarray([0.5, -1.0, 0.0])
     ct = jax.random.normal(jax.random.key(2), (2, stride * h, stride * w, 3))
-
-    @jax.jit                                     # one compile (eager: slower)
-    def values_and_grads(p, z, ct):
-        grad = lambda m: jax.grad(lambda pp, t: jnp.sum(m.apply(pp, t) * ct), argnums=(0, 1))
-        return ours.apply(p, z), ref.apply(p, z), grad(ours)(p, z), grad(ref)(p, z)
-    y, y_ref, g_ours, g_ref = values_and_grads(p, z, ct)
+    (y, y_ref), (g_ours, g_ref) = _values_and_grads([ours.apply, ref.apply], (p, z), ct, (0, 1))
     assert y.shape == (2, stride * h, stride * w, 3)
     np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-5)
     for go, gr in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):

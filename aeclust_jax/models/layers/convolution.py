@@ -178,8 +178,9 @@ def _shifted_cotangent_kernel_grad(x: jax.Array, ct: jax.Array, kernel_shape: tu
 # Small maps (ResNet's last stage: 3x3 maps at 96 px, 7x7 at 224 px; stride-2 convs into maps of
 # at most 8x8), where a third or more of a conv's multiplies are by the zero padding (a 3x3 map
 # and a 3x3 kernel: 49 of the 81 tap-pixel pairs are inside the map) and XLA:CPU's conv does
-# useful multiplies at under half the matmul rate: one GEMM per tap over the output pixels whose input pixel for that tap is
-# inside the map, (N * rows * cols, Cin) @ kernel[i, j], each added into its rows and columns.
+# useful multiplies at under half the matmul rate: one GEMM per tap over the output pixels whose
+# input pixel for that tap is inside the map, (N * rows * cols, Cin) @ kernel[i, j], each added
+# into its rows and columns.
 # Measured forward, ms (XLA conv / valid taps), 2026-12-01 Intel host. Batch 32: 3x3x512 -> 512
 # 9.8 / 5.2; 7x7x512 -> 512 44.5 / 31.6; s2 6x6x256 -> 512 4.5 / 3.7; s2 12x12x128 -> 256 4.1-4.2 /
 # 4.6-4.8 (slower, but taken: 36 outputs); s2 24x24x64 -> 128 6.2-6.7 / 4.8-6.3 (not taken: 144).
