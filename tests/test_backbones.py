@@ -145,11 +145,12 @@ def test_import_errors_name_keys(ref, tmp_path):
     assert model.small_stem and v["params"]["conv1"]["kernel"].shape == (3, 3, 3, 64)
 
 
-def test_resnet18_train_gradients_equal_plain_nn_conv(monkeypatch):
-    """ResNet's convs are layers.Conv (GEMM gradients): the whole ResNet-18 (small stem) loss,
-    parameter gradients and batch-norm updates in train mode equal the same network built with
-    flax's own nn.Conv (resnet.Conv swapped for it: the reference shares no conv code), on a batch
-    with an all-zero and a constant image (ties, dead ReLUs) besides random ones."""
+def test_resnet18_train_gradients_equal_plain_flax_layers(monkeypatch):
+    """ResNet's convs are layers.Conv (GEMM gradients) and its batch norms layers.BatchNorm
+    (hand-written training gradient): the whole ResNet-18 (small stem) loss, parameter
+    gradients and batch-norm updates in train mode equal the same network built with flax's own
+    nn.Conv and nn.BatchNorm (swapped in: the reference shares no conv or batch-norm code), on a
+    batch with an all-zero and a constant image (ties, dead ReLUs) besides random ones."""
     import flax.linen as nn
     import optax
 
@@ -180,6 +181,7 @@ def test_resnet18_train_gradients_equal_plain_nn_conv(monkeypatch):
 
     (l_ours, s_ours), g_ours = grads()
     monkeypatch.setattr(resnet, "Conv", nn.Conv)
+    monkeypatch.setattr(resnet, "BatchNorm", nn.BatchNorm)
     (l_ref, s_ref), g_ref = grads()
     np.testing.assert_allclose(l_ours, l_ref, rtol=1e-5)
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,

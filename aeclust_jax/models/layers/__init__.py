@@ -10,6 +10,8 @@
     y = depthwise_conv(x, kernel, stride)        # == lax grouped conv, feature_group_count=C
 
     Conv, ConvTranspose, DepthwiseConv, Conv3x3  # nn.Conv's parameters, computed by the above
+    BatchNorm                                    # nn.BatchNorm's variables; training gradient
+                                                 # by hand (batch_norm_train)
 
 Each is the function of the lax / flax op it names (to float summation order), with the same
 parameters, computed in a form XLA:CPU runs faster; the module of each says why and what it
@@ -22,6 +24,7 @@ measured:
     upsample.py     upsample_conv: a conv of a x2 nearest-upsampled map on the small map
     pooling.py      max_pool_2x2 with XLA's first-maximum gradient as fused elementwise ops
     depthwise.py    depthwise_conv as shifted slices
+    normalization.py  BatchNorm and batch_norm_train (its gradient in two passes over the map)
     modules.py      the Flax modules
 
 These kernels are for XLA:CPU. On a GPU (or TPU) ``Conv``, ``upsample_conv`` and ``max_pool_2x2``
@@ -34,10 +37,12 @@ from aeclust_jax.models.layers.base import cpu_kernels, same_padding
 from aeclust_jax.models.layers.convolution import conv, conv2d, conv_transpose, pointwise_conv
 from aeclust_jax.models.layers.depthwise import depthwise_conv
 from aeclust_jax.models.layers.modules import Conv, Conv3x3, ConvTranspose, DepthwiseConv
+from aeclust_jax.models.layers.normalization import BatchNorm, batch_norm_train
 from aeclust_jax.models.layers.pooling import fused_max_pool_2x2, max_pool_2x2
 from aeclust_jax.models.layers.upsample import conv3x3, upsample_conv
 from aeclust_jax.models.layers.winograd import winograd_conv3x3
 
-__all__ = ("Conv", "Conv3x3", "ConvTranspose", "DepthwiseConv", "conv", "conv2d", "conv3x3",
-           "conv_transpose", "cpu_kernels", "depthwise_conv", "fused_max_pool_2x2",
-           "max_pool_2x2", "pointwise_conv", "same_padding", "upsample_conv", "winograd_conv3x3")
+__all__ = ("BatchNorm", "Conv", "Conv3x3", "ConvTranspose", "DepthwiseConv", "batch_norm_train",
+           "conv", "conv2d", "conv3x3", "conv_transpose", "cpu_kernels", "depthwise_conv",
+           "fused_max_pool_2x2", "max_pool_2x2", "pointwise_conv", "same_padding",
+           "upsample_conv", "winograd_conv3x3")
