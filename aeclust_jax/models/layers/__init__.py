@@ -31,6 +31,7 @@ These kernels are for XLA:CPU. On a GPU (or TPU) ``Conv``, ``upsample_conv`` and
 use XLA's own conv and reduce-window gradients (cuDNN's), the same values: ``cpu_kernels()``
 decides at trace time, and ``AECLUST_KERNELS=cpu|xla`` forces one side (e.g. to time both on one
 device).
+``BatchNorm`` is the same on every backend (its gradient not yet timed on a GPU).
 """
 
 from aeclust_jax.models.layers.base import cpu_kernels, same_padding
