@@ -42,10 +42,16 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
     return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
 
 
+def _normalize(x, mean, var, scale, bias, epsilon):
+    """(x - mean) * rsqrt(var + epsilon) * scale + bias, as nn.BatchNorm rounds it, and
+    rsqrt(var + epsilon): x (..., C), the rest (C,)."""
+    inv = lax.rsqrt(var + epsilon)
+    return (x - mean) * (inv * scale) + bias, inv
+
+
 def _batch_norm_train_fwd(x, scale, bias, epsilon):
     mean, var = _statistics(x)
-    inv = lax.rsqrt(var + epsilon)
-    y = (x - mean) * (inv * scale) + bias
+    y, inv = _normalize(x, mean, var, scale, bias, epsilon)
     return (y, mean, var), (x, scale, mean, inv)
 
 
@@ -92,7 +98,7 @@ class BatchNorm(nn.Module):
         scale = self.param("scale", nn.initializers.ones_init(), (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros_init(), (c,), jnp.float32)
         if self.use_running_average:
-            return (x - ra_mean.value) * (lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+            return _normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)[0]
         y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
