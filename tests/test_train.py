@@ -129,6 +129,36 @@ def test_shuffle_false_keeps_the_stored_order():
     assert all(r["loss"] < float(v @ np.arange(n)) for r in shuffled.history)
 
 
+def test_at_most_steps_in_flight_are_queued_ahead():
+    """The host waits for step s - STEPS_IN_FLIGHT before it dispatches more, so Ctrl-C is seen
+    within a few steps. Each step here is ~0.1 s of matmuls (dispatched asynchronously; a host
+    callback would make the CPU run it inline): bounded, the step hooks (run after each dispatch)
+    are spread over most of the epoch; unbounded, all 12 ran within a millisecond of each other
+    before the first step finished."""
+    import time
+
+    from aeclust_jax.train.loop import STEPS_IN_FLIGHT
+    m = jnp.asarray(np.random.default_rng(0).normal(size=(384, 384)) / 20, jnp.float32)
+
+    def loss_fn(params, batch, rng):
+        h = jax.lax.fori_loop(0, 40, lambda i, h: jnp.tanh(h @ m),
+                              jnp.full((384, 384), params["b"]))
+        return params["b"] ** 2 + 0 * jnp.sum(h), {}
+
+    state = train.create_train_state(None, None, None, train.make_optimizer("sgd", 0.1),
+                                     params={"b": jnp.ones(())})
+    kw = dict(batch_size=1, epochs=1, key=jax.random.key(0), shuffle=False, progress=False)
+    steps, hooks = 12, []
+    train.fit(state, {"s": np.zeros(steps, np.int32)}, loss_fn, **kw)          # compiles
+    train.fit(state, {"s": np.zeros(steps, np.int32)}, loss_fn,
+              step_hook=lambda epoch, s: hooks.append(time.perf_counter()), **kw)
+    end = time.perf_counter()
+    assert 1 <= STEPS_IN_FLIGHT < steps - 2 and len(hooks) == steps
+    # steps after the first STEPS_IN_FLIGHT + 1 each wait for one to finish
+    waited = (steps - STEPS_IN_FLIGHT - 1) / steps
+    assert hooks[-1] - hooks[0] > 0.5 * waited * (end - hooks[0]), (hooks, end)
+
+
 @pytest.mark.parametrize("scan_epoch", [False, True])
 def test_step_rngs_are_a_stream_apart_from_the_shuffle(scan_epoch):
     """A step's loss rng is not one of the keys the epoch's permutation uses. With JAX's threefry,
