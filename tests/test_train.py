@@ -187,14 +187,16 @@ def test_step_rngs_are_a_stream_apart_from_the_shuffle(scan_epoch):
     assert len({r["u"] for r in res.history}) == 3
 
 
-def test_predict_pads_and_trims():
+@pytest.mark.parametrize("n", [10, 32, 45])
+def test_predict_pads_and_trims(n):
+    """One batch, whole batches, a padded last batch: every row comes back once, in order."""
     model = Tiny()
-    data = regression_data(n=45)
+    data = regression_data(n=n)
     state = train.create_train_state(model, jax.random.key(0), data["x"][:1], train.make_optimizer("adam"))
     got = train.predict(lambda p, b: {"y": model.apply({"params": p}, b["x"])}, state.params,
                         {"x": data["x"]}, batch_size=16, mesh=train.make_mesh())
     ref = jax.jit(lambda p: model.apply({"params": p}, data["x"]))(state.params)
-    assert got["y"].shape == (45, 4)
+    assert got["y"].shape == (n, 4)
     np.testing.assert_allclose(got["y"], np.asarray(ref), rtol=1e-5, atol=1e-6)
 
 
