@@ -149,8 +149,8 @@ def tsne_panels(panels: Mapping[str, tuple], path, *, title: str | None = None,
                      ax=ax, legend=False)
     fig.legend(handles=_class_handles(k, class_names), loc="center left", bbox_to_anchor=(1.0, 0.5),
                fontsize=7, frameon=False, title="class", title_fontsize=7, ncol=1 if k <= 20 else 2)
-    if title:   # above the panels' own (two-line) titles
-        fig.suptitle(title, fontsize=10, y=1.0 + 0.12 / rows)
+    if title:   # 0.6 inch above the top axes (0.88 of the height): over their two-line titles
+        fig.suptitle(title, fontsize=10, y=0.88 + 0.6 / fig.get_figheight())
     return save(fig, path)
 
 
