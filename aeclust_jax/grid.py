@@ -17,7 +17,9 @@ host-side t-SNEs compete for the cores (12 workers x 16 threads made each t-SNE 
 H100 machine): prefer tsnecuda there (``--tsne-backend``).
 Results come back in task order. When a task fails, the tasks not started yet are cancelled, the
 running ones finish (their runs stay complete), and the error is raised with the worker's
-traceback.
+traceback. On Ctrl-C (SIGINT to this process, or to its whole group from a terminal) the tasks not
+started are cancelled, the running ones are interrupted, and KeyboardInterrupt is raised once
+they have stopped; an interrupted run resumes from its checkpoints when the command is run again.
 
 Why processes and not ``jax.distributed``: the runs share nothing, so a collective runtime has
 nothing to do; a run per process keeps each run's numbers those of the run alone, and a failure
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from typing import Any, Callable, Sequence
 
 from aeclust_jax.errors import UsageError
@@ -129,10 +132,30 @@ def visible_gpus() -> list[str]:
     return env.split(",") if env else [str(i) for i in range(jax.local_device_count())]
 
 
-def _start_worker(queue) -> None:
-    """Pool initializer: claims a slot and applies it (before JAX starts in this process)."""
+_stopped = None       # in a worker: the pool's Event, set once the parent is interrupted
+
+
+def _start_worker(queue, stopped) -> None:
+    """Pool initializer: claims a slot and applies it (before JAX starts in this process). An idle
+    worker ignores SIGINT (a Ctrl-C between runs would kill it mid-queue); ``_run_task`` takes it
+    back while a run is on."""
+    global _stopped
     slot: Slot = queue.get()
     os.environ.update(slot.env)
+    _stopped = stopped
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_task(fn: Callable, args: tuple):
+    """A task in a worker, interruptible by SIGINT (KeyboardInterrupt) while it runs. After the
+    parent was interrupted, a task already queued to this worker does not start."""
+    if _stopped is not None and _stopped.is_set():
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return fn(*args)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_tasks(tasks: Sequence[Task], workers: int = 1, *,
@@ -153,23 +176,39 @@ def run_tasks(tasks: Sequence[Task], workers: int = 1, *,
     import multiprocessing
     workers = min(workers, n)
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
+    queue, stopped = ctx.Queue(), ctx.Event()
+    not_ours = {c.pid for c in multiprocessing.active_children()}
     for slot in plan_slots(workers, gpus=visible_gpus()):
         queue.put(slot)
     results: list = [None] * n
     log(f"{n} runs on {workers} worker processes")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
-                                                initargs=(queue,)) as pool:
-        futures = {pool.submit(t.fn, *t.args): i for i, t in enumerate(tasks)}
+                                                initargs=(queue, stopped)) as pool:
+        futures = {pool.submit(_run_task, t.fn, t.args): i for i, t in enumerate(tasks)}
         done = 0
-        for f in concurrent.futures.as_completed(futures):
-            i = futures[f]
-            try:
-                results[i] = f.result()
-            except BaseException:
-                log(f"{tasks[i].name}: failed; runs not started are cancelled, running ones finish")
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-            done += 1
-            log(f"[{done}/{n}] {tasks[i].name}: done")
+        try:
+            for f in concurrent.futures.as_completed(futures):
+                i = futures[f]
+                try:
+                    results[i] = f.result()
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    log(f"{tasks[i].name}: failed; runs not started are cancelled, running ones "
+                        "finish")
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+                done += 1
+                log(f"[{done}/{n}] {tasks[i].name}: done")
+        except KeyboardInterrupt:
+            # Ctrl-C (here, or a worker's run interrupted): start nothing more, interrupt the
+            # running runs (also when the signal reached only this process; they stop within a
+            # few steps, their checkpoints stay) and wait for them
+            log("interrupted: runs not started are cancelled, running ones stop")
+            stopped.set()
+            for child in multiprocessing.active_children():
+                if child.pid not in not_ours:
+                    os.kill(child.pid, signal.SIGINT)
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return results

@@ -88,3 +88,54 @@ def test_run_tasks_reraises_a_failed_run_with_its_message(capsys):
     with pytest.raises(UsageError, match="--workers must be >= 1"):
         grid.run_tasks([Task("x", _fail, ("y",))], workers=0)
     assert grid.run_tasks([Task("one", len, ("abc",))], workers=4) == [3]   # one task: no pool
+
+
+def _mark_and_wait(i: int, folder: str):
+    """A run that writes ``started<i>`` and then waits 60 s (interruptible), writing ``done<i>``
+    if it was not interrupted."""
+    import pathlib
+    import time
+    (pathlib.Path(folder) / f"started{i}").touch()
+    for _ in range(600):
+        time.sleep(0.1)
+    (pathlib.Path(folder) / f"done{i}").touch()
+
+
+INTERRUPTED = """
+import sys
+sys.path.insert(0, {tests!r})
+from aeclust_jax.grid import Task, run_tasks
+from test_grid import _mark_and_wait
+try:
+    run_tasks([Task(f"t{{i}}", _mark_and_wait, (i, {folder!r})) for i in range(4)], workers=2)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+"""
+
+
+@pytest.mark.parametrize("to", ["parent", "group"])
+def test_ctrl_c_stops_the_running_runs_and_starts_no_more(tmp_path, to):
+    """SIGINT to the parent alone (kill -INT) or to its whole process group (a terminal's Ctrl-C):
+    the two running runs stop, the two not started never start, and the parent exits within
+    seconds (it used to wait for the running runs and then run the rest)."""
+    import pathlib
+    import signal
+    import subprocess
+    import sys
+    import time
+    script = INTERRUPTED.format(tests=str(pathlib.Path(__file__).parent), folder=str(tmp_path))
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("started*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sorted(f.name for f in tmp_path.glob("started*")) == ["started0", "started1"]
+    sent = time.monotonic()
+    if to == "parent":
+        p.send_signal(signal.SIGINT)
+    else:
+        os.killpg(p.pid, signal.SIGINT)
+    out, _ = p.communicate(timeout=50)
+    assert time.monotonic() - sent < 20
+    assert "KeyboardInterrupt" in out and "interrupted: runs not started are cancelled" in out
+    assert sorted(f.name for f in tmp_path.glob("*")) == ["started0", "started1"]
