@@ -102,7 +102,9 @@ def _mark_and_wait(i: int, folder: str):
 
 
 INTERRUPTED = """
-import sys
+import signal, sys
+# as started from a shell: a job run in the background (CI) ignores SIGINT, and a child inherits that
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {tests!r})
 from aeclust_jax.grid import Task, run_tasks
 from test_grid import _mark_and_wait
