@@ -149,7 +149,7 @@ def _start_worker(queue, stopped) -> None:
 def _run_task(fn: Callable, args: tuple):
     """A task in a worker, interruptible by SIGINT (KeyboardInterrupt) while it runs. After the
     parent was interrupted, a task already queued to this worker does not start."""
-    if _stopped is not None and _stopped.is_set():
+    if _stopped.is_set():                # set by _start_worker, which runs first
         raise KeyboardInterrupt
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
