@@ -159,9 +159,11 @@ def _run_task(fn: Callable, args: tuple):
 
 
 def run_tasks(tasks: Sequence[Task], workers: int = 1, *,
-              log: Callable[[str], None] = print) -> list:
+              log: Callable[[str], None] = print,
+              on_result: Callable[[int, Any], None] | None = None) -> list:
     """Runs every task, ``workers`` at a time (see the module docstring); returns their results in
-    task order."""
+    task order. ``on_result(i, result)`` is called here as each task ``i`` finishes (e.g. to
+    write the tables so far)."""
     tasks = list(tasks)
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
@@ -171,6 +173,8 @@ def run_tasks(tasks: Sequence[Task], workers: int = 1, *,
         for i, t in enumerate(tasks):
             log(f"[{i + 1}/{n}] {t.name}")
             out.append(t.fn(*t.args))
+            if on_result is not None:
+                on_result(i, out[-1])
         return out
     import concurrent.futures
     import multiprocessing
@@ -200,6 +204,8 @@ def run_tasks(tasks: Sequence[Task], workers: int = 1, *,
                     raise
                 done += 1
                 log(f"[{done}/{n}] {tasks[i].name}: done")
+                if on_result is not None:
+                    on_result(i, results[i])
         except KeyboardInterrupt:
             # Ctrl-C (here, or a worker's run interrupted): start nothing more, interrupt the
             # running runs (also when the signal reached only this process; they stop within a

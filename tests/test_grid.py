@@ -70,9 +70,11 @@ def _fail(message: str):
 def test_run_tasks_in_workers_equals_in_process(monkeypatch, capsys):
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")   # workers get 1
     tasks = [Task(f"seed {s}", _fit_tiny, (s,)) for s in (0, 1, 2)]
-    par = grid.run_tasks(tasks, workers=2)
+    seen = []                       # on_result: each result here as its task finishes
+    par = grid.run_tasks(tasks, workers=2, on_result=lambda i, r: seen.append((i, r["losses"])))
     out = capsys.readouterr().out
     assert "3 runs on 2 worker processes" in out and "[3/3]" in out
+    assert sorted(seen) == [(i, r["losses"]) for i, r in enumerate(par)]
     assert all(r["pid"] != os.getpid() for r in par) and all(r["devices"] == 1 for r in par)
     monkeypatch.delenv("XLA_FLAGS")
     seq = [_fit_tiny(s) for s in (0, 1, 2)]           # here, one device: the same digits, in order
@@ -87,6 +89,10 @@ def test_run_tasks_reraises_a_failed_run_with_its_message(capsys):
     assert "failed" in capsys.readouterr().out
     with pytest.raises(UsageError, match="--workers must be >= 1"):
         grid.run_tasks([Task("x", _fail, ("y",))], workers=0)
+    seen = []
+    assert grid.run_tasks([Task("one", len, ("abc",)), Task("two", len, ("de",))], workers=1,
+                          on_result=lambda i, r: seen.append((i, r))) == [3, 2]   # here, in order
+    assert seen == [(0, 3), (1, 2)]
     assert grid.run_tasks([Task("one", len, ("abc",))], workers=4) == [3]   # one task: no pool
 
 

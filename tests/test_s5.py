@@ -243,6 +243,29 @@ def test_reproduce_setting_b_two_seeds_then_rerun_reuses_everything(tmp_path, mo
     assert json.loads((out / "results.json").read_text()) == json.loads(before)
 
 
+def test_reproduce_shards_and_workers_keep_a_settings_seeds_together(tmp_path, monkeypatch, capsys):
+    """A setting (its seeds share one trained classifier) is one grid task: ``--shard 1/2`` of
+    both settings runs setting b alone, all its seeds, and writes no table; bad grid options are
+    refused before anything is written."""
+    archive = _colour_archive(tmp_path / "colours.zip")
+    calls = []
+    monkeypatch.setattr(s5.report, "_run_setting",
+                        lambda base, work, seeds: calls.append((work.name, base.backbone, seeds)) or [])
+    out, work = tmp_path / "results", tmp_path / "runs"
+    argv = ["s5", "--setting", "both", "--seeds", "3", "--path", str(archive), "--train-per-class",
+            "6", "--test-per-class", "4", "--out", str(out),
+            "--runs", str(work), "--no-progress"]
+    assert reproduce_main(argv + ["--shard", "1/2"]) == 0
+    assert calls == [("b", "vgg16_bn", 3)]
+    assert "shard 1/2: done" in capsys.readouterr().out and not (out / "results.json").exists()
+    assert reproduce_main(argv + ["--shard", "0/2"]) == 0 and calls[1][0] == "a"
+    for bad, message in ((["--workers", "0"], "--workers must be >= 1"),
+                         (["--shard", "2/2"], "--shard 2/2: I must be in 0..N-1")):
+        assert run_main(reproduce_main, argv + bad) == 2
+        assert message in capsys.readouterr().err
+    assert len(calls) == 2 and not work.exists()
+
+
 def _tiny_efficientnet(monkeypatch):
     """efficientnet_lite0_imagenet replaced by a two-stage EfficientNet-Lite, random weights."""
     import aeclust_jax.models as models

@@ -8,10 +8,11 @@ import dataclasses
 import pathlib
 from typing import Sequence
 
-from aeclust_jax import runs
+from aeclust_jax import grid, runs
 from aeclust_jax.cli import make_parser, prog_name
 from aeclust_jax.config import to_dict
 from aeclust_jax.errors import UsageError
+from aeclust_jax.grid import Task
 from aeclust_jax.studies.feature_compression.config import (METHODS, SETTING_TITLE, SETTINGS,
                                                             FeatureCompressionConfig)
 from aeclust_jax.studies.feature_compression.recipe import (RESUME_MAY_DIFFER, SEED_COMPRESSION,
@@ -52,6 +53,7 @@ def reproduce_parser():
     p.add_argument("--out", default="results/s5", help="where results.json/.md and figures go")
     p.add_argument("--runs", default="runs/s5", help="the per-seed run folders and caches")
     p.add_argument("--no-progress", action="store_true")
+    grid.add_options(p)
     return p
 
 
@@ -200,37 +202,56 @@ def write_results(out: pathlib.Path, results: dict[str, dict]) -> None:
     runs.atomic_write_text(out / "results.md", "\n".join(parts))
 
 
+def _run_setting(base: FeatureCompressionConfig, work: pathlib.Path, seeds: int) -> list[dict]:
+    """Seeds 0..seeds-1 of one setting under ``work`` (a grid task), finished runs reused;
+    returns their metrics."""
+    ms = []
+    for seed in range(seeds):
+        cfg = dataclasses.replace(base, seed=seed, feature_cache=str(work / "features"))
+        run_dir = work / f"seed{seed}"
+        m = runs.finished_run(run_dir, to_dict(cfg), may_differ=RESUME_MAY_DIFFER)
+        if m is None:
+            resume = run_dir.is_dir() and (run_dir / "config.yaml").is_file()
+            if run_dir.is_dir() and not resume:
+                import shutil
+                shutil.rmtree(run_dir)
+            print(f"[s5] setting {work.name} seed {seed}", flush=True)
+            m = run(cfg, run_dir, resume=resume)
+        sp = m["seed_point"]
+        print(f"[s5] setting {work.name} seed {seed}: raw {m['raw_accuracy']:.4f}, AE "
+              f"w{sp['param']} {sp['accuracy']:.4f}", flush=True)
+        ms.append(m)
+    return ms
+
+
 def reproduce_main(argv: Sequence[str]) -> int:
     a = reproduce_parser().parse_args(list(argv))
     if a.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {a.seeds}")
+    grid.check_options(a)
     configs = setting_configs(a)
     work, out = pathlib.Path(a.runs), pathlib.Path(a.out)
     for name, base in configs.items():               # every setting's data before any writing
         load_subsets(dataclasses.replace(base, progress=False))
     runs.make_dir(out)
+    # a setting is one task: its seeds share the trained classifier and the feature cache
+    settings = grid.shard(list(configs), a.shard)
+    in_process = a.workers == 1 or len(settings) <= 1
     results = {}
-    for name, base in configs.items():
-        ms = []
-        for seed in range(a.seeds):
-            cfg = dataclasses.replace(base, seed=seed,
-                                      feature_cache=str(work / name / "features"))
-            run_dir = work / name / f"seed{seed}"
-            m = runs.finished_run(run_dir, to_dict(cfg), may_differ=RESUME_MAY_DIFFER)
-            if m is None:
-                resume = run_dir.is_dir() and (run_dir / "config.yaml").is_file()
-                if run_dir.is_dir() and not resume:
-                    import shutil
-                    shutil.rmtree(run_dir)
-                print(f"[s5] setting {name} seed {seed}", flush=True)
-                m = run(cfg, run_dir, resume=resume)
-            sp = m["seed_point"]
-            print(f"[s5] setting {name} seed {seed}: raw {m['raw_accuracy']:.4f}, AE w{sp['param']} "
-                  f"{sp['accuracy']:.4f}", flush=True)
-            ms.append(m)
-            results[name] = summarize(name, ms)
-            write_results(out, results)
-    for res in results.values():
+
+    def gather(i: int, ms: list[dict]) -> None:       # the tables so far, as settings finish
+        results[settings[i]] = summarize(settings[i], ms)
+        write_results(out, dict(sorted(results.items())))
+
+    tasks = [Task(f"setting {name}", _run_setting,
+                  (dataclasses.replace(configs[name], progress=configs[name].progress
+                                       and in_process), work / name, a.seeds))
+             for name in settings]
+    grid.run_tasks(tasks, a.workers, log=print, on_result=None if a.shard else gather)
+    if a.shard is not None:
+        print(f"shard {a.shard}: done; run the command without --shard to gather the table")
+        return 0
+    for _, res in sorted(results.items()):
         print(f"[s5] {res['title']}: claim {verdict(res['claim']['holds'])}"
               f": {res['claim']['evidence']}")
     print(f"wrote {out}")

@@ -10,10 +10,11 @@ from typing import Sequence
 
 import numpy as np
 
-from aeclust_jax import runs
+from aeclust_jax import grid, runs
 from aeclust_jax.cli import make_parser, prog_name
 from aeclust_jax.config import add_config_options, config_overrides, load_config, to_dict
 from aeclust_jax.errors import UsageError
+from aeclust_jax.grid import Task
 from aeclust_jax.models.cae import CAE_MODELS
 from aeclust_jax.studies.natural_cae.config import MODELS, RESNETS, S2Config
 from aeclust_jax.studies.natural_cae.recipe import _short, check_data, load_data, reuse_may_differ, run
@@ -58,6 +59,7 @@ def reproduce_parser():
     p.add_argument("--config", help="YAML file of S2Config fields (the base of every run)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the results of the runs already finished")
+    grid.add_options(p)
     return p
 
 
@@ -250,6 +252,13 @@ def reproduce_figures(jobs: dict[str, S2Config], runs_dir: pathlib.Path, rows: l
                          title="S2 scores per extractor (mean ± std over seeds)")
 
 
+def _run_job(cfg: S2Config, run_dir: pathlib.Path, data) -> None:
+    """One planned run (a grid task): trains it, or resumes it from its checkpoints. ``data``:
+    the loaded ``S2Data``, or None in a worker process (it loads its own copy)."""
+    resume = run_dir.is_dir() and any(run_dir.iterdir())
+    run(cfg, run_dir, resume=resume, data=data)
+
+
 def reproduce_main(argv: Sequence[str]) -> int:
     args = reproduce_parser().parse_args(list(argv))
     if args.seeds < 1:
@@ -261,6 +270,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
     cross_opts = dict(supervised_dataset=args.supervised_dataset,
                       supervised_path=args.supervised_path,
                       supervised_per_class=args.supervised_per_class)
+    grid.check_options(args)
     jobs = planned_jobs(base, args.models, list(range(args.seeds)), args.cross, cross_opts)
     for cfg in jobs.values():
         cfg.validate()
@@ -275,14 +285,17 @@ def reproduce_main(argv: Sequence[str]) -> int:
     data = load_data(base)
     for cfg in jobs.values():
         check_data(cfg, data)
-    for name, cfg in jobs.items():
-        d = runs_dir / name
-        if args.report_only or finished[name] is not None:
-            continue
-        resume = d.is_dir() and any(d.iterdir())
-        if base.progress:
-            print(f"[s2] {name}", flush=True)
-        run(cfg, d, resume=resume, data=data)
+    todo = [name for name in grid.shard(list(jobs), args.shard)
+            if not args.report_only and finished[name] is None]
+    in_process = args.workers == 1 or len(todo) <= 1    # else each worker loads its own data
+    log = print if base.progress or not in_process else (lambda _: None)
+    grid.run_tasks([Task(name, _run_job, (dataclasses.replace(jobs[name], progress=base.progress
+                                                              and in_process),
+                                          runs_dir / name, data if in_process else None))
+                    for name in todo], args.workers, log=log)
+    if args.shard is not None:
+        print(f"shard {args.shard}: done; run the command without --shard to gather the table")
+        return 0
     rows = summarize(jobs, runs_dir)
     claims = check_claims(rows, chance=1 / len(data.class_names))
     setting = {"dataset": base.dataset + (f" ({pathlib.Path(base.path).name})" if base.path else ""),
