@@ -239,6 +239,16 @@ def test_claims():
                   _row("efficientnet_lite0", .45, .50, .52, .69)]
     v = {c["claim"][:3]: c["verdict"] for c in s2.check_claims(rows)}
     assert v == {"(1)": "holds", "(2)": "holds", "(3)": "holds", "(4)": "holds"}
+    four = {c["claim"][:3]: c for c in s2.check_claims(rows)}["(4)"]["numbers"]
+    assert ("ResNet34 - ResNet18: pairwise_f +0.010, bcubed_f +0.010, nmi +0.020, knn_accuracy "
+            "+0.010 (one seed: no spread" in four)
+    # two seeds each: a gap counts beside the larger seed std of its score
+    for r, std in ((rows[3], .015), (rows[4], .005)):
+        r["seeds"] = [0, 1]
+        for k in s2.SCORES:
+            r[k]["std"] = std
+    four = {c["claim"][:3]: c for c in s2.check_claims(rows)}["(4)"]["numbers"]
+    assert "(1 of 4 gaps exceed the larger seed std of their score)" in four     # NMI's 0.02
     # the best reconstructor also has the best features; a ResNet below the best CAE's NMI
     rows2 = [_row("cae_v1", .14, .15, .09, .30, mse=.010), _row("unet", .18, .20, .16, .32, mse=.001),
              _row("resnet18", .80, .80, .10, .89), _row("resnet34", .70, .81, .80, .90)]

@@ -168,11 +168,25 @@ def check_claims(rows: list[dict], chance: float = 0.1) -> list[dict]:
         ok = all(all(mean(b, k) > mean(a, k) for k in SCORES) for a, b in zip(order, order[1:]))
         claims.append({"claim": text, "verdict": "holds" if ok else "does not hold",
                        "numbers": "; ".join(f"{name(r)} NMI {mean(r, 'nmi'):.3f} KNN "
-                                            f"{mean(r, 'knn_accuracy'):.3f}" for r in order) + failed})
+                                            f"{mean(r, 'knn_accuracy'):.3f}" for r in order)
+                                  + "".join(f"; {_gaps(a, b)}" for a, b in zip(order, order[1:]))
+                                  + failed})
     else:
         claims.append({"claim": text, "verdict": "not testable here",
                        "numbers": f"{len(order)} trained ResNet size(s) run" + failed})
     return claims
+
+
+def _gaps(a: dict, b: dict) -> str:
+    """Row b's score minus row a's, each weighed against the larger of the two rows' seed std
+    (with one seed a row has no spread to weigh a gap against)."""
+    d = {k: b[k]["mean"] - a[k]["mean"] for k in SCORES}
+    text = (f"{LABELS[b['model']]} - {LABELS[a['model']]}: "
+            + ", ".join(f"{k} {v:+.3f}" for k, v in d.items()))
+    if min(len(a.get("seeds", ())), len(b.get("seeds", ()))) < 2:
+        return text + " (one seed: no spread to weigh the gaps against)"
+    beyond = sum(abs(v) > max(a[k]["std"], b[k]["std"]) for k, v in d.items())
+    return text + f" ({beyond} of {len(d)} gaps exceed the larger seed std of their score)"
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
