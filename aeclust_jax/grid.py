@@ -195,17 +195,17 @@ def run_tasks(tasks: Sequence[Task], workers: int = 1, *,
                 i = futures[f]
                 try:
                     results[i] = f.result()
+                    done += 1
+                    log(f"[{done}/{n}] {tasks[i].name}: done")
+                    if on_result is not None:
+                        on_result(i, results[i])
                 except KeyboardInterrupt:
                     raise
-                except BaseException:
+                except BaseException:       # the run, or on_result with its result, failed
                     log(f"{tasks[i].name}: failed; runs not started are cancelled, running ones "
                         "finish")
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
-                done += 1
-                log(f"[{done}/{n}] {tasks[i].name}: done")
-                if on_result is not None:
-                    on_result(i, results[i])
         except KeyboardInterrupt:
             # Ctrl-C (here, or a worker's run interrupted): start nothing more, interrupt the
             # running runs (also when the signal reached only this process; they stop within a
