@@ -11,6 +11,7 @@ For figures of their own, studies use ``figure`` (a new Agg figure and its axes)
 from __future__ import annotations
 
 import pathlib
+import textwrap
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -166,11 +167,11 @@ def grouped_bars(values: Mapping[str, Mapping[str, tuple[float, float]]], path, 
         means = [values[g].get(s, (np.nan, 0))[0] for g in groups]
         stds = [values[g].get(s, (np.nan, 0))[1] for g in groups]
         bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=stds, label=s, capsize=2)
-        for b, m in zip(bars, means):
-            if np.isfinite(m):
-                ax.annotate(f"{m:.3g}", (b.get_x() + b.get_width() / 2, b.get_height()),
+        for b, m, sd in zip(bars, means, stds):
+            if np.isfinite(m):       # above the error bar's cap
+                ax.annotate(f"{m:.3g}", (b.get_x() + b.get_width() / 2, m + sd),
                             ha="center", va="bottom", fontsize=6)
-    ax.set_xticks(x, groups)
+    ax.set_xticks(x, [textwrap.fill(g, 16) for g in groups])    # long names on two lines
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, ncol=min(4, len(series)))
     if title:

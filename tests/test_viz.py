@@ -80,3 +80,15 @@ def test_feature_maps_are_labelled_with_a_colorbar_per_scale_group(tmp_path, mon
     # one colour scale per group: the skip branch's larger values set junction 1's maximum
     images = [ax.images[0] for ax in fig.axes if ax.images and ax.get_title() == "ch 1"]
     assert images[0].get_clim()[1] == pytest.approx(maps["skip_branch_1"].max(), rel=1e-6)
+
+
+def test_grouped_bars_wrap_long_group_names_and_label_above_the_error_bars(tmp_path, monkeypatch):
+    saved = []
+    monkeypatch.setattr(viz, "save", lambda fig, path, **kw: saved.append(fig) or path)
+    values = {"CAEv1": {"nmi": (0.10, 0.02), "knn": (0.30, 0.0)},
+              "EfficientNet-Lite0 (ImageNet)": {"nmi": (0.39, 0.05)}}
+    viz.grouped_bars(values, tmp_path / "b.png", ylabel="score")
+    ax, = saved[0].axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["CAEv1", "EfficientNet-\nLite0 (ImageNet)"]
+    labels = {a.get_text(): a.xy[1] for a in ax.texts}
+    assert labels == pytest.approx({"0.1": 0.12, "0.3": 0.30, "0.39": 0.44})   # mean + std
