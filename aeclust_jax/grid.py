@@ -95,6 +95,17 @@ def shard(items: Sequence, spec: str | None) -> list:
     return list(items)[i::n]
 
 
+def runs_here(workers: int, n_tasks: int) -> bool:
+    """Whether ``run_tasks`` runs ``n_tasks`` tasks in this process (one worker, or at most one
+    task) rather than in worker processes, which load their own data and show no progress bars."""
+    return workers == 1 or n_tasks <= 1
+
+
+def say_shard_done(spec: str, what: str = "the table") -> None:
+    """The line a ``--shard`` invocation ends with (it writes no table)."""
+    print(f"shard {spec}: done; run the command without --shard to gather {what}")
+
+
 def plan_slots(workers: int, *, gpus: Sequence[str] | None = None) -> list[Slot]:
     """The slot of each of ``workers`` processes. ``gpus``: the visible GPU ids (None or empty on a
     CPU machine)."""
@@ -168,7 +179,7 @@ def run_tasks(tasks: Sequence[Task], workers: int = 1, *,
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
     n = len(tasks)
-    if workers == 1 or n <= 1:
+    if runs_here(workers, n):
         out = []
         for i, t in enumerate(tasks):
             log(f"[{i + 1}/{n}] {t.name}")

@@ -161,7 +161,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
                                  else (lambda _: None)):
         done.update(result)
     if a.shard is not None:
-        print(f"shard {a.shard}: done; run the command without --shard to gather the table")
+        grid.say_shard_done(a.shard)
         return 0
     per_run = {r.name: [done[r.name, seed] for seed in range(a.seeds)] for r in rows}
     _write_results(out, summarize(rows, per_run), settings)

@@ -236,7 +236,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
     runs.make_dir(out)
     # a setting is one task: its seeds share the trained classifier and the feature cache
     settings = grid.shard(list(configs), a.shard)
-    in_process = a.workers == 1 or len(settings) <= 1
+    in_process = grid.runs_here(a.workers, len(settings))
     results = {}
 
     def gather(i: int, ms: list[dict]) -> None:       # the tables so far, as settings finish
@@ -249,7 +249,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
              for name in settings]
     grid.run_tasks(tasks, a.workers, log=print, on_result=None if a.shard else gather)
     if a.shard is not None:
-        print(f"shard {a.shard}: done; run the command without --shard to gather the table")
+        grid.say_shard_done(a.shard)
         return 0
     for _, res in sorted(results.items()):
         print(f"[s5] {res['title']}: claim {verdict(res['claim']['holds'])}"

@@ -301,14 +301,14 @@ def reproduce_main(argv: Sequence[str]) -> int:
         check_data(cfg, data)
     todo = [name for name in grid.shard(list(jobs), args.shard)
             if not args.report_only and finished[name] is None]
-    in_process = args.workers == 1 or len(todo) <= 1    # else each worker loads its own data
+    in_process = grid.runs_here(args.workers, len(todo))    # else workers load their own data
     log = print if base.progress or not in_process else (lambda _: None)
     grid.run_tasks([Task(name, _run_job, (dataclasses.replace(jobs[name], progress=base.progress
                                                               and in_process),
                                           runs_dir / name, data if in_process else None))
                     for name in todo], args.workers, log=log)
     if args.shard is not None:
-        print(f"shard {args.shard}: done; run the command without --shard to gather the table")
+        grid.say_shard_done(args.shard)
         return 0
     rows = summarize(jobs, runs_dir)
     claims = check_claims(rows, chance=1 / len(data.class_names))

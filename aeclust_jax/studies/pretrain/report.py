@@ -301,7 +301,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
     run_jobs(jobs, train_ds, test_ds, runs_dir, tsne_samples=args.tsne_samples, code_jobs=code_jobs,
              progress=not args.no_progress, workers=args.workers, shard=args.shard)
     if args.shard is not None:
-        print(f"shard {args.shard}: done; run the command without --shard to gather the tables")
+        grid.say_shard_done(args.shard, "the tables")
         return 0
     results, variants, sweep = summarize(jobs, runs_dir, base, seeds, experiments, fractions)
     runs.write_json(out / "results.json", results)

@@ -117,7 +117,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
     grid.run_tasks([Task(str(run_dir), _run_job, (cfg, run_dir)) for cfg, run_dir in todo],
                    a.workers)
     if a.shard is not None:
-        print(f"shard {a.shard}: done; run the command without --shard to gather the table")
+        grid.say_shard_done(a.shard)
         return 0
     summary = summarize(jobs, out)
     print((out / "results.md").read_text())
