@@ -158,13 +158,18 @@ def _start_worker(queue, stopped) -> None:
 
 
 def _run_task(fn: Callable, args: tuple):
-    """A task in a worker, interruptible by SIGINT (KeyboardInterrupt) while it runs. After the
-    parent was interrupted, a task already queued to this worker does not start."""
+    """A task in a worker, interruptible by SIGINT (KeyboardInterrupt) while it runs. Once the
+    parent or any worker's run was interrupted, a task already queued to a worker does not start."""
     if _stopped.is_set():                # set by _start_worker, which runs first
         raise KeyboardInterrupt
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return fn(*args)
+    except KeyboardInterrupt:
+        # a terminal's Ctrl-C reaches the workers and the parent at once: stop the queue here,
+        # before this worker takes its next task (the parent may not have set it yet)
+        _stopped.set()
+        raise
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 

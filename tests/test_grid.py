@@ -125,11 +125,12 @@ def test_a_failing_on_result_cancels_the_runs_not_started(tmp_path, capsys):
 
 
 def _mark_and_wait(i: int, folder: str):
-    """A run that writes ``started<i>`` and then waits 60 s (interruptible), writing ``done<i>``
-    if it was not interrupted."""
+    """A run that writes its process id to ``started<i>`` and then waits 60 s (interruptible),
+    writing ``done<i>`` if it was not interrupted."""
+    import os
     import pathlib
     import time
-    (pathlib.Path(folder) / f"started{i}").touch()
+    (pathlib.Path(folder) / f"started{i}").write_text(str(os.getpid()))
     for _ in range(600):
         time.sleep(0.1)
     (pathlib.Path(folder) / f"done{i}").touch()
@@ -149,11 +150,13 @@ except KeyboardInterrupt:
 """
 
 
-@pytest.mark.parametrize("to", ["parent", "group"])
+@pytest.mark.parametrize("to", ["parent", "group", "worker"])
 def test_ctrl_c_stops_the_running_runs_and_starts_no_more(tmp_path, to):
-    """SIGINT to the parent alone (kill -INT) or to its whole process group (a terminal's Ctrl-C):
-    the two running runs stop, the two not started never start, and the parent exits within
-    seconds (it used to wait for the running runs and then run the rest)."""
+    """SIGINT to the parent alone (kill -INT), to its whole process group (a terminal's Ctrl-C) or
+    to one worker: the two running runs stop, the two not started never start, and the parent
+    exits within seconds (it used to wait for the running runs and then run the rest). The worker
+    case is the race a Ctrl-C to the group can lose: the interrupted worker is free at once and
+    its next task is queued before the parent has reacted."""
     import pathlib
     import signal
     import subprocess
@@ -169,8 +172,10 @@ def test_ctrl_c_stops_the_running_runs_and_starts_no_more(tmp_path, to):
     sent = time.monotonic()
     if to == "parent":
         p.send_signal(signal.SIGINT)
-    else:
+    elif to == "group":
         os.killpg(p.pid, signal.SIGINT)
+    else:
+        os.kill(int((tmp_path / "started0").read_text()), signal.SIGINT)
     out, _ = p.communicate(timeout=50)
     assert time.monotonic() - sent < 20
     assert "KeyboardInterrupt" in out and "interrupted: runs not started are cancelled" in out
