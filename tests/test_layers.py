@@ -599,3 +599,35 @@ def test_pointwise_conv_rejects_other_kernels():
         pointwise_conv(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 2)))
     with pytest.raises(ValueError, match="kernel"):
         pointwise_conv(jnp.zeros((1, 4, 4, 3)), jnp.zeros((1, 1, 4, 2)))
+
+
+def test_layer_functions_are_one_program_keyed_by_the_kernel_setting(monkeypatch):
+    """``layers.base.one_program``: an eager ``conv`` on a Winograd shape compiles one program
+    (op by op it compiled dozens: ResNet-18's eager apply took 11.5 s), none on a second call, and
+    ``AECLUST_KERNELS`` is part of the key: the GEMM-gradient ``conv2d`` (a custom VJP) for cpu,
+    lax's conv for xla, in one process."""
+    from jax import monitoring
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 64))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 64, 64))
+    pads = ((1, 1), (1, 1))
+    compiles = []
+
+    def count(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+    monitoring.register_event_duration_secs_listener(count)
+    try:
+        monkeypatch.setenv("AECLUST_KERNELS", "cpu")
+        y = convolution.conv(x, k, 1, pads)
+        first = len(compiles)
+        convolution.conv(x, k, 1, pads).block_until_ready()
+        assert first == 1 and len(compiles) == first, compiles
+    finally:
+        monitoring.unregister_event_duration_listener(count)
+    np.testing.assert_allclose(y, lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=(
+        "NHWC", "HWIO", "NHWC")), rtol=0, atol=1e-4 * float(jnp.abs(y).max()))
+    trace = lambda: str(jax.make_jaxpr(lambda a, b: convolution.conv(a, b, 1, pads))(x, k))  # noqa: E731
+    assert "custom_vjp_call" in trace()
+    monkeypatch.setenv("AECLUST_KERNELS", "xla")
+    traced = trace()
+    assert "custom_vjp_call" not in traced and "conv_general_dilated" in traced

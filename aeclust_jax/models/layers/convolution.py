@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from aeclust_jax.models.layers.base import (_DN, _conv, _out_size, _stacked_taps, _tap, _taps,
-                                            cpu_kernels)
+                                            cpu_kernels, one_program)
 from aeclust_jax.models.layers.winograd import (_winograd_kernel_grad, _winograd_tile,
                                                 winograd_conv3x3)
 
@@ -426,6 +426,12 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
     (``cpu_kernels()``; an RGB input with 24 or 32 outputs gets a zero fourth channel, see
     ``_CPU_RGB_PADDED_OUTPUTS``) and XLA's conv elsewhere."""
     pads = tuple(tuple(int(v) for v in p) for p in pads)
+    return _conv_program(x, kernel, int(stride), pads)
+
+
+@one_program("stride", "pads")
+def _conv_program(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> jax.Array:
+    """``conv`` with pads as nested tuples of ints (hashable: a static argument)."""
     if kernel.shape[:2] == (1, 1) and not any(any(p) for p in pads):
         return pointwise_conv(x, kernel, stride)
     if cpu_kernels():
@@ -436,6 +442,7 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
     return _conv(x, kernel, pads, stride)
 
 
+@one_program("stride")
 def conv_transpose(z: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """``lax.conv_transpose(z, kernel, (s, s), "SAME")`` (flax's ``nn.ConvTranspose`` with
     padding 'SAME', no kernel flip): z (N, h, w, Cin), kernel (kh, kw, Cin, Cout) ->

@@ -9,9 +9,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from aeclust_jax.models.layers.base import _tap, same_padding
+from aeclust_jax.models.layers.base import _tap, one_program, same_padding
 
 
+@one_program("stride", "padding")
 def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
                    padding: str = "SAME") -> jax.Array:
     """Depthwise kxk correlation, no bias: x (N, H, W, C), kernel (k, k, 1, C) (flax's layout of

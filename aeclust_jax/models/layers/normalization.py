@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 from jax import lax
 
+from aeclust_jax.models.layers.base import one_program
+
 
 def _channel_sums(*arrays: jax.Array) -> list[jax.Array]:
     """Per-channel sums over every axis but the last: each (..., C) -> (C,)."""
@@ -79,6 +81,18 @@ def _batch_norm_train_bwd(epsilon, res, cts):
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
+@one_program("epsilon")
+def _train_program(x, scale, bias, epsilon):
+    """``batch_norm_train`` as one program (``one_program``: eager calls compile once)."""
+    return batch_norm_train(x, scale, bias, epsilon)
+
+
+@one_program("epsilon")
+def _eval_program(x, mean, var, scale, bias, epsilon):
+    """Evaluation-mode batch norm over the running statistics as one program."""
+    return _normalize(x, mean, var, scale, bias, epsilon)[0]
+
+
 class BatchNorm(nn.Module):
     """``nn.BatchNorm(use_running_average, momentum, epsilon)`` over the last axis, with its
     variables ('params': ``scale`` ones and ``bias`` zeros (C,); 'batch_stats': ``mean`` zeros
@@ -98,8 +112,8 @@ class BatchNorm(nn.Module):
         scale = self.param("scale", nn.initializers.ones_init(), (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros_init(), (c,), jnp.float32)
         if self.use_running_average:
-            return _normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)[0]
-        y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+            return _eval_program(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
+        y, mean, var = _train_program(x, scale, bias, self.epsilon)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var

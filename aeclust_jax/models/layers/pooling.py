@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aeclust_jax.models.layers.base import cpu_kernels
+from aeclust_jax.models.layers.base import cpu_kernels, one_program
 
 
 def _pool_blocks(x: jax.Array) -> jax.Array:
@@ -18,6 +18,7 @@ def _pool_blocks(x: jax.Array) -> jax.Array:
     return x.reshape(n, x.shape[1] // 2, 2, x.shape[2] // 2, 2, c)
 
 
+@one_program()
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max pool, stride 2, 'SAME' (odd sizes padded with -inf at the end): (N,H,W,C) ->
     (N, ceil(H/2), ceil(W/2), C). Values and gradient = nn.max_pool's, ties included: a window's

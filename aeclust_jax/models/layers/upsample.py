@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aeclust_jax.models.layers.base import _conv, cpu_kernels
+from aeclust_jax.models.layers.base import _conv, cpu_kernels, one_program
 from aeclust_jax.models.layers.convolution import conv2d
 
 
@@ -24,6 +24,7 @@ _FIRST_ROW = {"SAME": -1, "VALID": 0, "FULL": -2}
 _PADS = {"SAME": ((1, 1), (1, 1)), "VALID": ((0, 0), (0, 0)), "FULL": ((2, 2), (2, 2))}
 
 
+@one_program("padding")
 def conv3x3(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
     """Plain 3x3 correlation, NHWC x HWIO. 'FULL' (pad 2) is flax's stride-1 'VALID'
     ConvTranspose with the same kernel: (N, H, W, Cin) -> (N, H+2, W+2, Cout)."""
@@ -55,6 +56,7 @@ def _phase_taps(padding: str, shared: bool) -> tuple[np.ndarray, tuple, tuple[in
     return m, offsets, (-first, extra + max(offsets) + k - 1 + first), extra
 
 
+@one_program("padding")
 def upsample_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, padding: str) -> jax.Array:
     """conv3x3(nearest_upsample_x2(x)) without materialising the upsampled map.
 
