@@ -622,6 +622,10 @@ def test_layer_functions_are_one_program_keyed_by_the_kernel_setting(monkeypatch
         first = len(compiles)
         convolution.conv(x, k, 1, pads).block_until_ready()
         assert first == 1 and len(compiles) == first, compiles
+        for f in (lambda: conv2d(x, k, 1, pads), lambda: winograd_conv3x3(x, k, pads, 4)):
+            del compiles[:]
+            np.testing.assert_array_equal(f(), y)          # the same program's numbers
+            assert len(compiles) == 1, compiles
     finally:
         monitoring.unregister_event_duration_listener(count)
     np.testing.assert_allclose(y, lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=(

@@ -33,9 +33,9 @@ decides at trace time, and ``AECLUST_KERNELS=cpu|xla`` forces one side (e.g. to 
 device).
 ``BatchNorm`` is the same on every backend (its gradient not yet timed on a GPU).
 
-Each function above that the modules call is one jitted program (``base.one_program``): a model
-run outside ``jit`` compiles each layer once per shape instead of op by op (ResNet-18's eager
-apply 11.5 -> 2.1 s); inside a jitted step XLA inlines them.
+Each function above (and BatchNorm's two modes) is one jitted program (``base.one_program``): a
+model run outside ``jit`` compiles each layer once per shape instead of op by op (ResNet-18's
+eager apply 11.5 -> 2.1 s); inside a jitted step XLA inlines them.
 """
 
 from aeclust_jax.models.layers.base import cpu_kernels, same_padding

@@ -41,6 +41,7 @@ from aeclust_jax.models.layers.winograd import (_winograd_kernel_grad, _winograd
                                                 winograd_conv3x3)
 
 
+@one_program("stride")
 def pointwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     """1x1 correlation without padding as one matmul: x (N, H, W, Cin), kernel (1, 1, Cin, Cout)
     -> (N, ceil(H/s), ceil(W/s), Cout), == ``lax.conv_general_dilated(x, kernel, (s, s),
@@ -372,7 +373,7 @@ def _conv2d_fwd(x, kernel, stride, pads):
     if _narrow_form(x.shape, kernel.shape, stride) == "taps":
         taps = _stacked_taps(x, kernel.shape, pads)     # kept: the kernel gradient is taps^T @ ct
         return _taps_conv(x, kernel, pads, taps), (x, kernel, taps)
-    return conv2d(x, kernel, stride, pads), (x, kernel, None)
+    return _conv_forward(x, kernel, stride, pads), (x, kernel, None)
 
 
 def _conv2d_bwd(stride, pads, res, ct):
@@ -407,6 +408,7 @@ def _conv2d_bwd(stride, pads, res, ct):
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+conv2d = one_program("stride", "pads")(conv2d)
 
 
 # XLA:CPU (jax 0.10.2, its convs run by YNNPACK) is 3-12x slower on a conv of 3 input channels

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from aeclust_jax.models.layers.base import one_program
+
 
 # Winograd F(m x m, 3 x 3) (Lavin & Gray 2016): for each m x m output tile,
 # Y = AT [(G g G^T) * (BT d B)] A over the (m + 2)^2 input tile d, as (m + 2)^2 GEMMs over tiles.
@@ -87,6 +89,7 @@ def _two_sided(mat: np.ndarray, t: jax.Array) -> jax.Array:
     return jnp.stack([_combine(mat[u], [half[:, j] for j in range(k)]) for u in range(len(mat))], 1)
 
 
+@one_program("pads", "m")
 def winograd_conv3x3(x: jax.Array, kernel: jax.Array, pads: tuple, m: int) -> jax.Array:
     """3x3 stride-1 correlation by Winograd F(m x m, 3 x 3), m = 2 or 4: x (N, H, W, Cin),
     kernel (3, 3, Cin, Cout), pads ((top, bottom), (left, right)) -> (N, Ho, Wo, Cout) with
