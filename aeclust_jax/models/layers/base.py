@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from aeclust_jax.models.layers import native
+
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -25,10 +27,15 @@ def cpu_kernels() -> bool:
     return choice == "cpu" or (choice == "auto" and jax.default_backend() == "cpu")
 
 
+def kernel_setting() -> tuple[bool, bool]:
+    """(``cpu_kernels()``, ``native.enabled()``): what decides which kernels a layer traces to."""
+    return cpu_kernels(), native.enabled()
+
+
 def one_program(*static: str):
     """Decorator: the layer function as one jitted program, with the arguments named in
-    ``static`` (ints, strings, tuples) and ``cpu_kernels()`` in its cache key (a changed
-    ``AECLUST_KERNELS`` traces again). Inside a jitted step XLA inlines it: the step is the same
+    ``static`` (ints, strings, tuples) and ``kernel_setting()`` in its cache key (a changed
+    ``AECLUST_KERNELS`` or ``AECLUST_NATIVE`` traces again). Inside a jitted step XLA inlines it: the step is the same
     (ResNet-18's and CAEv1's train steps: identical losses and speed). Called eagerly, as a
     model's ``init`` or an ``apply`` outside ``jit`` does, it compiles once per shape instead of
     once per op: Winograd's transforms alone made ~290 small programs, and ResNet-18's eager
@@ -36,16 +43,16 @@ def one_program(*static: str):
     def wrap(fn):
         signature = inspect.signature(fn)
 
-        def run(_cpu, **kwargs):
+        def run(_kernels, **kwargs):
             return fn(**kwargs)
         run.__name__ = run.__qualname__ = fn.__name__          # the program's name in profiles
-        program = jax.jit(run, static_argnames=static + ("_cpu",))
+        program = jax.jit(run, static_argnames=static + ("_kernels",))
 
         @functools.wraps(fn)
         def call(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
-            return program(_cpu=cpu_kernels(), **bound.arguments)
+            return program(_kernels=kernel_setting(), **bound.arguments)
         return call
     return wrap
 

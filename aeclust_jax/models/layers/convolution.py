@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from aeclust_jax.models.layers import native
 from aeclust_jax.models.layers.base import (_DN, _conv, _out_size, _stacked_taps, _tap, _taps,
                                             cpu_kernels, one_program)
 from aeclust_jax.models.layers.winograd import (_winograd_kernel_grad, _winograd_tile,
@@ -287,7 +288,7 @@ def _conv_forward(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> 
     return _conv(x, kernel, pads, stride)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+@one_program("stride", "pads")
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> jax.Array:
     """Correlation NHWC x HWIO, stride (s, s), explicit pads ((top, bottom), (left, right)), no
     dilation or groups: values are ``lax.conv_general_dilated``'s (to float rounding); its
@@ -336,7 +337,15 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> jax.Arr
     gradient in sub-pixel form (``_stride2_input_grad``). Wide convs into maps of at most 64
     pixels that Winograd does not take: per-tap GEMMs over the valid pixels ("valid_taps"), both
     gradients included. ``_form`` makes the choice."""
-    return _conv_forward(x, kernel, stride, pads)
+    return _conv2d(x, kernel, stride, pads, native.enabled())
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv2d(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple, native_on: bool) -> jax.Array:
+    """``conv2d`` with its kernel setting as a static argument: JAX traces a custom VJP's rules
+    once per shape and static arguments, whatever the environment says then."""
+    with native.forced(native_on):
+        return _conv_forward(x, kernel, stride, pads)
 
 
 # A stride-2 conv's input gradient with at most this many input channels is the sub-pixel form
@@ -369,14 +378,21 @@ def _stride2_input_grad(ct: jax.Array, kernel: jax.Array, x_shape: tuple, pads: 
     return dxp[:, pt:pt + h, pl:pl + w]
 
 
-def _conv2d_fwd(x, kernel, stride, pads):
+def _conv2d_fwd(x, kernel, stride, pads, native_on):
     if _narrow_form(x.shape, kernel.shape, stride) == "taps":
         taps = _stacked_taps(x, kernel.shape, pads)     # kept: the kernel gradient is taps^T @ ct
         return _taps_conv(x, kernel, pads, taps), (x, kernel, taps)
-    return _conv_forward(x, kernel, stride, pads), (x, kernel, None)
+    with native.forced(native_on):
+        return _conv_forward(x, kernel, stride, pads), (x, kernel, None)
 
 
-def _conv2d_bwd(stride, pads, res, ct):
+def _conv2d_bwd(stride, pads, native_on, res, ct):
+    with native.forced(native_on):
+        return _conv2d_grads(stride, pads, res, ct)
+
+
+def _conv2d_grads(stride, pads, res, ct):
+    """(dL/dx, dL/dkernel) of ``conv2d`` for the cotangent ct (N, Ho, Wo, Cout)."""
     x, kernel, taps = res
     cin, cout = kernel.shape[2:]
     if _form(x.shape, kernel.shape, stride, pads) == "valid_taps":   # its GEMMs transposed
@@ -407,8 +423,7 @@ def _conv2d_bwd(stride, pads, res, ct):
     return dx, _conv_kernel_grad(x, ct, kernel.shape, stride, pads)
 
 
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
-conv2d = one_program("stride", "pads")(conv2d)
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 # XLA:CPU (jax 0.10.2, its convs run by YNNPACK) is 3-12x slower on a conv of 3 input channels

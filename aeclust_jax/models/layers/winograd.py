@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from aeclust_jax.models.layers import native
 from aeclust_jax.models.layers.base import one_program
 
 
@@ -58,6 +59,21 @@ def _winograd_tile(ho: int, wo: int, cin: int, cout: int) -> int:
     return 0
 
 
+# Transforms whose tiles ((m + 2)^2 x tiles x C) take at least this many bytes run the compiled
+# kernels (``native``): input transform at 128 x 32 x 32 x 64 (75 MB of tiles) 21 vs 36-40 ms,
+# at 32 x 24 x 24 x 64 (11 MB) 2.5 vs 2.1 (AMD EPYC host, 2 cores, ms, compiled vs jnp;
+# docs/natural_images.md "Compiled Winograd transforms").
+_NATIVE_MIN_BYTES = 16 << 20
+
+
+def _use_native(x: jax.Array, tile_elements: int) -> bool:
+    """Whether a transform of x (channels last) with this many tile elements takes the compiled
+    kernel: float32, channels a multiple of 8, at least _NATIVE_MIN_BYTES of tiles, and the
+    kernels available here."""
+    return (x.dtype == jnp.float32 and x.shape[-1] % 8 == 0
+            and tile_elements * 4 >= _NATIVE_MIN_BYTES and native.available())
+
+
 def _winograd_input(x: jax.Array, pads: tuple, m: int) -> tuple[jax.Array, tuple]:
     """BT d B of every (m + 2)^2 input tile d, tiles every m pixels of the zero-padded input:
     x (N, H, W, Cin) -> (v ((m + 2)^2, N * th * tw, Cin), (N, th, tw, Ho, Wo)), th = ceil(Ho / m).
@@ -69,6 +85,8 @@ def _winograd_input(x: jax.Array, pads: tuple, m: int) -> tuple[jax.Array, tuple
     (pt, pb), (pl, pr) = pads
     ho, wo = h + pt + pb - 2, w + pl + pr - 2
     th, tw = -(-ho // m), -(-wo // m)
+    if _use_native(x, a * a * n * th * tw * cin):
+        return native.winograd_input(x, pads, m, th, tw), (n, th, tw, ho, wo)
     xp = jnp.pad(x, ((0, 0), (pt, th * m + 2 - h - pt), (pl, tw * m + 2 - w - pl), (0, 0)))
 
     def every_m(y, start, count, axis):
@@ -106,6 +124,8 @@ def winograd_conv3x3(x: jax.Array, kernel: jax.Array, pads: tuple, m: int) -> ja
     v, (n, th, tw, ho, wo) = _winograd_input(x, pads, m)
     u = _two_sided(g, kernel).reshape(a * a, cin, cout)                  # G g G^T
     mm = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))               # (a*a, tiles, Cout)
+    if _use_native(mm, mm.size):
+        return native.winograd_output(mm, n, ho, wo, m, th, tw)
     y = _two_sided(at, mm.reshape(a, a, n, th, tw, cout))                # (m, m, N, th, tw, C)
     y = y.transpose(2, 3, 0, 4, 1, 5).reshape(n, th * m, tw * m, cout)
     return y[:, :ho, :wo]

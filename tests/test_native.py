@@ -1,0 +1,213 @@
+"""models.layers.native: the compiled Winograd input transform (a C++ XLA:CPU custom call) builds
+here, equals a float64 numpy transform of every tile (odd sizes, asymmetric pads, a 1x1 map; ties,
+zeros, constants), makes conv2d's values and gradients those of the jnp transform, keeps a
+data-parallel step sharded, and falls back to the jnp transform when it cannot build."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aeclust_jax.models.layers import conv2d, native, winograd
+
+# Lavin & Gray (2016), typed again here: B^T of F(2x2, 3x3) and F(4x4, 3x3)
+BT = {2: np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
+      4: np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                   [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)}
+
+AT = {2: np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
+      4: np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                   [0, 1, -1, 8, -8, 1]], np.float64)}
+
+needs_compiler = pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler here")
+
+
+def _inputs(shape, kind, seed=0):
+    rng = np.random.default_rng(seed)
+    if kind == "zeros":
+        return np.zeros(shape, np.float32)
+    if kind == "constant":
+        return np.full(shape, 0.75, np.float32)
+    if kind == "integers":                              # many ties
+        return rng.integers(-2, 3, shape).astype(np.float32)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _numpy_transform(x, pads, m):
+    """((m + 2)^2, N * th * tw, C) float64: BT d BT^T of each zero-padded (m + 2)^2 tile d,
+    tiles every m pixels, image-major then row-major over tiles."""
+    n, h, w, c = x.shape
+    (pt, pb), (pl, pr) = pads
+    a = m + 2
+    th, tw = -(-(h + pt + pb - 2) // m), -(-(w + pl + pr - 2) // m)
+    xp = np.zeros((n, th * m + 2, tw * m + 2, c))
+    xp[:, pt:pt + h, pl:pl + w] = x[:, :th * m + 2 - pt, :tw * m + 2 - pl]
+    out = np.zeros((a, a, n, th, tw, c))
+    for i in range(th):
+        for j in range(tw):
+            d = xp[:, i * m:i * m + a, j * m:j * m + a]                    # (n, a, a, c)
+            out[:, :, :, i, j] = np.einsum("ui,nijc,wj->uwnc", BT[m], d, BT[m])
+    return out.reshape(a * a, n * th * tw, c), th, tw
+
+
+@needs_compiler
+def test_the_kernel_builds_and_is_used_on_the_cpu():
+    assert native.enabled() and native.available()
+
+
+@needs_compiler
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant"])
+@pytest.mark.parametrize("shape,pads", [((2, 8, 8, 8), ((1, 1), (1, 1))),
+                                        ((1, 7, 9, 16), ((1, 1), (1, 1))),    # partial tiles
+                                        ((3, 5, 6, 8), ((2, 2), (2, 2))),
+                                        ((2, 9, 4, 24), ((0, 2), (1, 0))),    # asymmetric
+                                        ((1, 1, 1, 8), ((1, 1), (1, 1))),     # 1x1 map
+                                        ((1, 6, 6, 72), ((0, 0), (0, 0)))])
+def test_winograd_input_equals_the_numpy_transform(m, kind, shape, pads):
+    x = _inputs(shape, kind, seed=sum(shape))
+    ref, th, tw = _numpy_transform(x, pads, m)
+    got = jax.jit(native.winograd_input, static_argnums=(1, 2, 3, 4))(jnp.asarray(x), pads, m, th, tw)
+    assert got.shape == ref.shape
+    # float32 sums of up to 4 terms per pass, constants up to 5: a few ulps of the largest term
+    np.testing.assert_allclose(np.asarray(got, np.float64), ref, rtol=0,
+                               atol=1e-6 * max(1.0, np.abs(ref).max()))
+    if kind in ("zeros", "integers"):                   # exact in float32
+        np.testing.assert_array_equal(np.asarray(got, np.float64), ref)
+
+
+@needs_compiler
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant"])
+@pytest.mark.parametrize("n,ho,wo,c", [(2, 8, 8, 8), (1, 7, 9, 16), (3, 1, 1, 8), (1, 5, 2, 72)])
+def test_winograd_output_equals_the_numpy_transform(m, kind, n, ho, wo, c):
+    """AT M AT^T of every tile's M ((m + 2)^2, n * th * tw, C), tiles placed every m pixels and
+    the last ones cropped to Ho x Wo."""
+    a = m + 2
+    th, tw = -(-ho // m), -(-wo // m)
+    mm = _inputs((a * a, n * th * tw, c), kind, seed=ho * 10 + wo)
+    tiles = np.einsum("ui,ijntsc,wj->ntuswc",
+                      AT[m], mm.astype(np.float64).reshape(a, a, n, th, tw, c), AT[m])
+    ref = tiles.reshape(n, th * m, tw * m, c)[:, :ho, :wo]
+    got = jax.jit(native.winograd_output, static_argnums=range(1, 7))(jnp.asarray(mm), n, ho, wo, m, th, tw)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(got, np.float64), ref, rtol=0,
+                               atol=1e-6 * max(1.0, np.abs(ref).max()))
+    if kind in ("zeros", "integers"):
+        np.testing.assert_array_equal(np.asarray(got, np.float64), ref)
+
+
+@needs_compiler
+@pytest.mark.parametrize("kind", ["normal", "integers", "constant"])
+@pytest.mark.parametrize("h,pads", [(8, ((1, 1), (1, 1))), (10, ((0, 0), (0, 0))),
+                                    (14, ((0, 2), (2, 0)))])
+def test_conv2d_with_the_kernel_equals_conv2d_with_jnp(monkeypatch, kind, h, pads):
+    """conv2d on Winograd shapes (the transforms are in the forward, the input gradient and the
+    kernel gradient): values and both gradients with the compiled transforms against the jnp
+    ones, and the custom calls are in the traced gradient exactly when they are on, switched
+    both ways in one process."""
+    monkeypatch.setattr(winograd, "_NATIVE_MIN_BYTES", 0)
+    x = jnp.asarray(_inputs((2, h, h, 64), kind, seed=h), jnp.float32)
+    kernel = jnp.asarray(np.random.default_rng(h).integers(-2, 3, (3, 3, 64, 64)) / 24, jnp.float32)
+    ct = jnp.asarray(np.random.default_rng(1).standard_normal((2, h + sum(pads[0]) - 2,
+                                                               h + sum(pads[1]) - 2, 64)), jnp.float32)
+
+    def run():
+        f = lambda x, k: conv2d(x, k, 1, pads)                     # noqa: E731
+        y, vjp = jax.vjp(jax.jit(f), x, kernel)
+        traced = str(jax.make_jaxpr(jax.grad(lambda x, k: jnp.vdot(f(x, k), ct), (0, 1)))(x, kernel))
+        return (y, *vjp(ct)), sum(traced.count(t) for t in native._TARGETS.values())
+
+    # on first: a custom VJP's rules are traced once per shape, so the setting must be keyed
+    monkeypatch.setenv("AECLUST_NATIVE", "auto")
+    got, calls_on = run()
+    monkeypatch.setenv("AECLUST_NATIVE", "off")
+    ref, calls_off = run()
+    assert calls_off == 0 and calls_on >= 3     # input gradient: in, out; kernel gradient: in
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=0, atol=2e-5 * max(1.0, float(jnp.abs(r).max())))
+
+
+def _run_python(code, **env):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+@needs_compiler
+def test_a_sharded_step_stays_sharded():
+    """Under a data-parallel jit over 2 devices each device transforms its own images: the
+    gradient's program has no all-gather (the custom call alone had one per transform) and
+    equals the 1-device numbers."""
+    code = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from aeclust_jax.models.layers import conv2d, native, winograd
+winograd._NATIVE_MIN_BYTES = 0
+x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 8, 8, 64)), jnp.float32)
+k = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 64, 64)) * 0.05, jnp.float32)
+loss = lambda x, k: jnp.sum(conv2d(x, k, 1, ((1, 1), (1, 1))) ** 2)
+grad = jax.jit(jax.grad(loss, (0, 1)))
+xs = jax.device_put(x, NamedSharding(Mesh(np.array(jax.devices()), ("d",)), P("d")))
+hlo = grad.lower(xs, k).compile().as_text()
+assert jax.device_count() == 2 and native.available()
+assert sum(hlo.count(t) for t in native._TARGETS.values()) >= 3 and "all-gather" not in hlo, hlo.count("all-gather")
+for a, b in zip(grad(xs, k), grad(x, k)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.abs(b).max()))  # summation order
+print("ok")
+"""
+    done = _run_python(code, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+
+
+def test_without_a_compiler_it_warns_once_and_uses_jnp(tmp_path):
+    """A compiler that fails: one RuntimeWarning naming the command, conv2d's jnp transform,
+    the right numbers, nothing left in the cache folder."""
+    code = """
+import warnings, jax, jax.numpy as jnp, numpy as np
+from aeclust_jax.models.layers import native, winograd, winograd_conv3x3
+winograd._NATIVE_MIN_BYTES = 0
+x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 8, 8, 64)), jnp.float32)
+k = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 64, 64)), jnp.float32)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    assert not native.available() and not native.available()
+    traced = str(jax.make_jaxpr(lambda x, k: winograd_conv3x3(x, k, ((1, 1), (1, 1)), 4))(x, k))
+print(len(caught), any(t in traced for t in native._TARGETS.values()), str(caught[0].message))
+"""
+    done = _run_python(code, CXX=shutil.which("false") or "/bin/false",
+                       AECLUST_NATIVE_CACHE=str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    count, in_trace, message = done.stdout.strip().split(" ", 2)
+    assert (count, in_trace) == ("1", "False")
+    assert "not available" in message and "failed" in message
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_native_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("AECLUST_NATIVE", "on")
+    with pytest.raises(ValueError, match="AECLUST_NATIVE must be auto or off"):
+        native.enabled()
+    monkeypatch.setenv("AECLUST_NATIVE", "off")
+    assert not native.enabled() and not native.available()
+
+
+@needs_compiler
+def test_the_build_is_cached_and_keyed(tmp_path, monkeypatch):
+    """A second build for the same source, jaxlib, compiler and CPU returns the library already
+    built (no compile); another CPU flag set gets its own file."""
+    first = native._build(tmp_path)
+    mtime = first.stat().st_mtime_ns
+    assert native._build(tmp_path) == first and first.stat().st_mtime_ns == mtime
+    monkeypatch.setattr(native, "_cpu_features", lambda: "some other cpu")
+    real_run = subprocess.run
+    monkeypatch.setattr(native.subprocess, "run", lambda *a, **k: pytest.fail("compiled again")
+                        if "-shared" in a[0] else real_run(*a, **k))
+    with pytest.raises(pytest.fail.Exception, match="compiled again"):
+        native._build(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]
