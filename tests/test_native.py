@@ -55,6 +55,18 @@ def _numpy_transform(x, pads, m):
     return out.reshape(a * a, n * th * tw, c), th, tw
 
 
+@pytest.fixture
+def small_tiles_compiled(monkeypatch):
+    """The compiled transforms for tiles of any size, with JAX's caches cleared before and after:
+    the threshold is read when a layer is traced, and another test may have traced these shapes
+    (with the jnp transforms) in this process already."""
+    monkeypatch.setattr(winograd, "_NATIVE_MIN_BYTES", 0)
+    jax.clear_caches()
+    yield
+    monkeypatch.undo()
+    jax.clear_caches()
+
+
 @needs_compiler
 def test_the_kernel_builds_and_is_used_on_the_cpu():
     assert native.enabled() and native.available()
@@ -106,12 +118,11 @@ def test_winograd_output_equals_the_numpy_transform(m, kind, n, ho, wo, c):
 @pytest.mark.parametrize("kind", ["normal", "integers", "constant"])
 @pytest.mark.parametrize("h,pads", [(8, ((1, 1), (1, 1))), (10, ((0, 0), (0, 0))),
                                     (14, ((0, 2), (2, 0)))])
-def test_conv2d_with_the_kernel_equals_conv2d_with_jnp(monkeypatch, kind, h, pads):
+def test_conv2d_with_the_kernel_equals_conv2d_with_jnp(small_tiles_compiled, monkeypatch, kind, h, pads):
     """conv2d on Winograd shapes (the transforms are in the forward, the input gradient and the
     kernel gradient): values and both gradients with the compiled transforms against the jnp
     ones, and the custom calls are in the traced gradient exactly when they are on, switched
     both ways in one process."""
-    monkeypatch.setattr(winograd, "_NATIVE_MIN_BYTES", 0)
     x = jnp.asarray(_inputs((2, h, h, 64), kind, seed=h), jnp.float32)
     kernel = jnp.asarray(np.random.default_rng(h).integers(-2, 3, (3, 3, 64, 64)) / 24, jnp.float32)
     ct = jnp.asarray(np.random.default_rng(1).standard_normal((2, h + sum(pads[0]) - 2,

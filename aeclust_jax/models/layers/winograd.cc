@@ -15,6 +15,7 @@
 // Every output element is computed by one thread in a fixed order: the result does not depend
 // on the thread count.
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
