@@ -611,6 +611,11 @@ def test_layer_functions_are_one_program_keyed_by_the_kernel_setting(monkeypatch
     k = jax.random.normal(jax.random.key(1), (3, 3, 64, 64))
     pads = ((1, 1), (1, 1))
     compiles = []
+    # a program traced earlier in this worker, or loaded from the session's disk cache, would
+    # not compile: count in a cold process state
+    jax.clear_caches()
+    cache_was = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
 
     def count(event, duration, **kw):
         if event == "/jax/core/compile/backend_compile_duration":
@@ -628,6 +633,7 @@ def test_layer_functions_are_one_program_keyed_by_the_kernel_setting(monkeypatch
             assert len(compiles) == 1, compiles
     finally:
         monitoring.unregister_event_duration_listener(count)
+        jax.config.update("jax_enable_compilation_cache", cache_was)
     np.testing.assert_allclose(y, lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=(
         "NHWC", "HWIO", "NHWC")), rtol=0, atol=1e-4 * float(jnp.abs(y).max()))
     trace = lambda: str(jax.make_jaxpr(lambda a, b: convolution.conv(a, b, 1, pads))(x, k))  # noqa: E731

@@ -183,10 +183,17 @@ _sharded_input = _batch_parallel(_input_call, 5, 0, 1, "n h w c -> a n t c")
 _sharded_output = _batch_parallel(_output_call, 5, 1, 0, "a n t c -> n h w c")
 
 
+def _require() -> None:
+    """Build and register the kernels (once), or raise RuntimeError saying why they cannot run."""
+    if _load() is None:
+        raise RuntimeError(f"the compiled Winograd kernels are not available: {_state['error']}")
+
+
 def winograd_input(x: jax.Array, pads: tuple, m: int, th: int, tw: int) -> jax.Array:
     """``winograd._winograd_input``'s v ((m + 2)^2, N * th * tw, C) by the compiled kernel:
     x (N, H, W, C) float32 with C a multiple of 8, pads ((top, _), (left, _)) of zeros, m = 2
-    or 4. Call only when ``available()``."""
+    or 4. Builds the kernels on first use (RuntimeError if they cannot be)."""
+    _require()
     (pt, _), (pl, _) = pads
     v = _sharded_input(x, int(pt), int(pl), int(m), int(th), int(tw))
     return v.reshape(v.shape[0], -1, v.shape[3])
@@ -194,7 +201,8 @@ def winograd_input(x: jax.Array, pads: tuple, m: int, th: int, tw: int) -> jax.A
 
 def winograd_output(mm: jax.Array, n: int, ho: int, wo: int, m: int, th: int, tw: int) -> jax.Array:
     """The m x m output pixels AT M A of every tile's M: mm ((m + 2)^2, n * th * tw, C) float32,
-    C a multiple of 8 -> (n, Ho, Wo, C), cropped from (th * m, tw * m). Call only when
-    ``available()``."""
+    C a multiple of 8 -> (n, Ho, Wo, C), cropped from (th * m, tw * m). Builds the kernels on
+    first use (RuntimeError if they cannot be)."""
+    _require()
     mm = mm.reshape(mm.shape[0], n, th * tw, mm.shape[2])
     return _sharded_output(mm, int(ho), int(wo), int(m), int(th), int(tw))
