@@ -140,8 +140,13 @@ def test_conv2d_with_the_kernel_equals_conv2d_with_jnp(small_tiles_compiled, mon
     monkeypatch.setenv("AECLUST_NATIVE", "off")
     ref, calls_off = run()
     assert calls_off == 0 and calls_on >= 3     # input gradient: in, out; kernel gradient: in
-    for g, r in zip(got, ref):
+    # and plain autodiff of lax's conv, which shares no code with either
+    lax_conv = lambda x, k: jax.lax.conv_general_dilated(                 # noqa: E731
+        x, k, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y_lax, vjp_lax = jax.vjp(lax_conv, x, kernel)
+    for g, r, p in zip(got, ref, (y_lax, *vjp_lax(ct))):
         np.testing.assert_allclose(g, r, rtol=0, atol=2e-5 * max(1.0, float(jnp.abs(r).max())))
+        np.testing.assert_allclose(g, p, rtol=0, atol=5e-5 * max(1.0, float(jnp.abs(p).max())))
 
 
 def _run_python(code, **env):
