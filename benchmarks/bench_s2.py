@@ -88,11 +88,12 @@ def train_cae_row(batch, repeat, device="cpu"):
 
     from aeclust_jax.models import get_model
     from aeclust_jax.studies.natural_cae import mse_loss
+    from aeclust_jax.train import jitted_init
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
     model = get_model("cae_v1", image_size=32)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    params = jitted_init(model)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
     tx = optax.adam(1e-3)
     loss_fn = mse_loss(model)
     batch_j = {"image": jnp.asarray(images), "mask": jnp.ones(batch)}

@@ -33,12 +33,12 @@ from aeclust_jax.train.loop import FitResult, History, TrainingDivergedError, fi
 from aeclust_jax.train.optim import OPTIMIZERS, freeze, make_optimizer, path_str
 from aeclust_jax.train.sharding import (is_main_process, make_mesh, maybe_initialize_distributed,
                                         replicate, shard_rows, sync, to_host)
-from aeclust_jax.train.state import count_params, create_train_state
+from aeclust_jax.train.state import count_params, create_train_state, jitted_init
 from aeclust_jax.train.steps import masked_mean, predict, steps_per_epoch, to_float
 
 __all__ = [
     "Checkpointer", "FitResult", "History", "OPTIMIZERS", "TrainingDivergedError", "count_params",
-    "create_train_state", "fit", "freeze", "make_mesh", "make_optimizer", "masked_mean",
+    "create_train_state", "fit", "freeze", "jitted_init", "make_mesh", "make_optimizer", "masked_mean",
     "maybe_initialize_distributed", "is_main_process", "sync", "path_str", "predict", "replicate", "shard_rows",
     "steps_per_epoch", "to_float", "to_host",
 ]

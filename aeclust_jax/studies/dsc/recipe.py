@@ -118,8 +118,9 @@ def pretrain(x: np.ndarray, config: DSCConfig, key: jax.Array, *, checkpoint_dir
 
 @functools.lru_cache(maxsize=16)
 def _jitted_init(model: DSCNet):
-    """``jax.jit(model.init)``, one per model, so repeated runs do not compile it again."""
-    return jax.jit(model.init)
+    """``train.jitted_init(model)``, one per model, so repeated runs do not compile it again."""
+    from aeclust_jax import train
+    return train.jitted_init(model)
 
 
 def init_finetune_params(x: np.ndarray, ae_params: dict, config: DSCConfig, key: jax.Array):

@@ -77,7 +77,7 @@ def init_state(cfg: SupervisedConfig, model, key, sample, steps_per_epoch: int):
     total = cfg.epochs * steps_per_epoch
     schedule = sup.make_schedule(cfg.schedule, cfg.lr, total_steps=total,
                                  warmup_steps=cfg.warmup_epochs * steps_per_epoch)
-    init = jax.jit(lambda k, x: model.init(k, x, train=False))(key, sample)
+    init = train.jitted_init(model, train=False)(key, sample)
     variables = {k: v for k, v in init.items() if k in ("params", "batch_stats")}
     scale = 1.0
     if cfg.pretrained:
