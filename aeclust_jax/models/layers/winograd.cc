@@ -10,8 +10,8 @@
 //
 // XLA runs the jnp version at a third of this machine's elementwise rate (docs/natural_images.md,
 // "Where a Winograd conv's time goes"). Here each tile row is transformed in registers, 8
-// channels at a time, into a buffer of the row's tiles, then copied to the (m + 2)^2 planes,
-// with streaming stores when the tiles outgrow the cache (kStreamBytes).
+// channels at a time, into a buffer of the row's tiles, then copied to the (m + 2)^2 planes with
+// streaming stores (the planes are read next by the GEMMs, not by this core's cache).
 // Every output element is computed by one thread in a fixed order: the result does not depend
 // on the thread count.
 
@@ -109,13 +109,9 @@ void parallel_for(ffi::ThreadPool& pool, int64_t n, const F& body) {
   state->cv.wait(lock, [&] { return state->done.load() == n; });
 }
 
-// Tiles of at least this many bytes are written with streaming stores (past this core's cache);
-// smaller ones stay in cache for the GEMMs that read them next.
-constexpr int64_t kStreamBytes = int64_t{16} << 20;
-
-void copy_out(float* dst, const float* src, int64_t len, bool stream) {
+void copy_out(float* dst, const float* src, int64_t len) {
 #if defined(__AVX__)
-  if (stream && reinterpret_cast<uintptr_t>(dst) % 32 == 0) {
+  if (reinterpret_cast<uintptr_t>(dst) % 32 == 0) {
     for (int64_t k = 0; k < len; k += kLanes) _mm256_stream_ps(dst + k, _mm256_loadu_ps(src + k));
     return;
   }
@@ -130,7 +126,6 @@ void input_transform(const float* x, float* v, int64_t n_images, int64_t h, int6
   constexpr int A = M + 2;
   const int64_t plane = n_images * th * tw * c;
   const int64_t row_len = tw * c;
-  const bool stream = A * A * plane * int64_t{sizeof(float)} >= kStreamBytes;
   auto tile_row = [&](int64_t r) {          // r = image * th + tile row
     const int64_t img = r / th, ti = r % th;
     thread_local std::vector<float> buf;    // (A * A, tw, c): this row's transformed tiles
@@ -154,7 +149,7 @@ void input_transform(const float* x, float* v, int64_t n_images, int64_t h, int6
       }
     }
     for (int p = 0; p < A * A; ++p)
-      copy_out(v + p * plane + r * row_len, buf.data() + p * row_len, row_len, stream);
+      copy_out(v + p * plane + r * row_len, buf.data() + p * row_len, row_len);
   };
   parallel_for(pool, n_images * th, tile_row);
 #if defined(__AVX__)
