@@ -62,7 +62,10 @@ def _winograd_tile(ho: int, wo: int, cin: int, cout: int) -> int:
 # Transforms whose tiles ((m + 2)^2 x tiles x C) take at least this many bytes run the compiled
 # kernels (``native``): input transform at 128 x 32 x 32 x 64 (75 MB of tiles) 21 vs 36-40 ms,
 # at 32 x 24 x 24 x 64 (11 MB) 2.5 vs 2.1 (AMD EPYC host, 2 cores, ms, compiled vs jnp;
-# docs/natural_images.md "Compiled Winograd transforms").
+# docs/natural_images.md "Compiled Winograd transforms"). Whole 3x3 convs below it lose too
+# (the custom call also keeps XLA from fusing the transform into its producer), with streaming
+# or cached stores alike: fwd 32x24x24x64 6.0-7.2 vs 5.8 ms, 32x12x12x128 5.8-6.2 vs 5.5-5.8;
+# above it they win: 128x32x32x64 32-37 vs 42 ms, 128x16x16x128 27 vs 29-31 (2026-12-03).
 _NATIVE_MIN_BYTES = 16 << 20
 
 
