@@ -321,7 +321,8 @@ def run(cfg: S3Config, train_ds, test_ds, *, pretrained=None, progress: bool = F
     keys = seed_keys(cfg.seed)
     history: dict[str, list[dict]] = {}
     if pretrained is None:
-        params = train.jitted_init(model)(keys["init"], jnp.zeros((1,) + x_tr.shape[1:], jnp.float32))["params"]
+        sample = jnp.zeros((1,) + x_tr.shape[1:], jnp.float32)
+        params = train.jitted_init(model)(keys["init"], sample)["params"]
         pretrained = {"params": params, "encoder_opt_state": None} if cfg.model == "mlp_ae" else None
         if cfg.model == "mlp_ae" and cfg.ae_epochs > 0:
             params, enc_state, history["autoencode"] = pretrain_autoencoder(
