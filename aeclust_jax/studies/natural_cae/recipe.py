@@ -134,8 +134,8 @@ def train_cae(cfg: S2Config, images: np.ndarray, out: pathlib.Path, *, resume: b
     from aeclust_jax.models import get_model
     model = get_model(cfg.model, image_size=images.shape[1], channels=images.shape[3])
     k_init, k_fit = jax.random.split(jax.random.key(cfg.seed))
-    params = train.jitted_init(model)(k_init, jnp.zeros((1,) + images.shape[1:]))["params"]
-    state = train.create_train_state(model, None, None, optax.adam(cfg.lr), params=params)
+    state = train.create_train_state(model, k_init, jnp.zeros((1,) + images.shape[1:]),
+                                     optax.adam(cfg.lr))
     ckpt = train.Checkpointer(out / "checkpoints", every=cfg.checkpoint_every, keep=2)
     try:
         result = train.fit(state, {"image": images}, mse_loss(model), batch_size=cfg.batch_size,
