@@ -13,7 +13,7 @@ import pytest
 
 from jax import lax
 
-from aeclust_jax.models.layers import convolution, winograd
+from aeclust_jax.models.layers import convolution, native, winograd
 from aeclust_jax.models.layers import (Conv, Conv3x3, ConvTranspose, DepthwiseConv, conv2d,
                                       conv3x3, cpu_kernels, depthwise_conv,
                                       fused_max_pool_2x2, max_pool_2x2, pointwise_conv,
@@ -339,18 +339,30 @@ def test_valid_taps_stride2_equals_autodiff_of_lax_conv(kind, h, w, k, pads):
         np.testing.assert_allclose(go, gr, rtol=0, atol=1e-5 * max(1.0, float(jnp.abs(gr).max())))
 
 
-def test_conv_form_choice():
-    """Winograd first, then the narrow GEMM forms, then valid taps for wide convs (64+ channels)
-    into maps of at most 64 pixels, else XLA's conv."""
-    form = convolution._form
+@pytest.mark.parametrize("compiled", [False, True])
+def test_conv_form_choice(compiled):
+    """Winograd first, then the compiled direct conv when the kernels are on (outputs a multiple
+    of 8, not where valid taps are), then the narrow GEMM forms, then valid taps for wide convs
+    (64+ channels) into maps of at most 64 pixels, else XLA's conv."""
+    if compiled and not native.available():
+        pytest.skip("no C++ compiler here: the compiled kernels cannot build")
+    with native.forced(compiled):
+        _assert_conv_forms(convolution._form, "direct" if compiled else None)
+
+
+def _assert_conv_forms(form, direct):
     same = ((1, 1), (1, 1))
     assert form((32, 3, 3, 512), (3, 3, 512, 512), 1, same) == "valid_taps"    # ResNet-18, 96 px
     assert form((32, 7, 7, 512), (3, 3, 512, 512), 1, same) == "valid_taps"    # 224 px
     assert form((32, 6, 6, 256), (3, 3, 256, 512), 2, same) == "valid_taps"
     assert form((128, 4, 4, 512), (3, 3, 512, 512), 1, same) == "winograd"     # 32 px
-    assert form((128, 32, 32, 64), (3, 3, 64, 128), 2, same) == "xla"          # 16x16 out
-    assert form((32, 3, 3, 512), (3, 3, 512, 32), 1, same) == "shift"          # few outputs
-    assert form((32, 3, 3, 32), (3, 3, 32, 32), 1, same) == "xla"              # narrow
+    assert form((128, 32, 32, 64), (3, 3, 64, 128), 2, same) == (direct or "xla")   # 16x16 out
+    assert form((32, 96, 96, 3), (7, 7, 3, 64), 2, ((3, 3), (3, 3))) == (direct or "xla")  # stem
+    assert form((128, 32, 32, 3), (3, 3, 3, 16), 1, same) == (direct or "taps")    # RGB input
+    assert form((64, 32, 32, 32), (3, 3, 32, 16), 1, same) == (direct or "shift")
+    assert form((128, 32, 32, 16), (3, 3, 16, 3), 1, same) == "shift"            # 3 outputs
+    assert form((32, 3, 3, 512), (3, 3, 512, 32), 1, same) == "shift"            # window > 1152
+    assert form((32, 3, 3, 32), (3, 3, 32, 32), 1, same) == (direct or "xla")      # narrow
     assert form((32, 3, 3, 512), (1, 1, 512, 512), 1, ((0, 0), (0, 0))) == "xla"
 
 

@@ -1,7 +1,10 @@
-"""models.layers.native: the compiled Winograd input transform (a C++ XLA:CPU custom call) builds
-here, equals a float64 numpy transform of every tile (odd sizes, asymmetric pads, a 1x1 map; ties,
-zeros, constants), makes conv2d's values and gradients those of the jnp transform, keeps a
-data-parallel step sharded, and falls back to the jnp transform when it cannot build."""
+"""models.layers.native: the compiled kernels (C++ XLA:CPU custom calls) build here; Winograd's
+transforms equal a float64 numpy transform of every tile (odd sizes, asymmetric pads, a 1x1 map;
+ties, zeros, constants) and make conv2d's values and gradients those of the jnp transform; the
+direct conv equals a float64 numpy correlation (strides 1-3, 7x7 to 2x3 kernels, output blocks of
+8-32, tails of pixel blocks) and makes conv2d's values and gradients those of autodiff through
+lax's conv; both keep a data-parallel step sharded, and conv2d falls back to jnp / XLA when they
+cannot build."""
 
 import os
 import shutil
@@ -149,6 +152,94 @@ def test_conv2d_with_the_kernel_equals_conv2d_with_jnp(small_tiles_compiled, mon
         np.testing.assert_allclose(g, p, rtol=0, atol=5e-5 * max(1.0, float(jnp.abs(p).max())))
 
 
+def _numpy_correlation(x, kernel, stride, pads):
+    """float64 y (N, Ho, Wo, O) = sum over taps (a, b) of the zero-padded input's strided slice
+    at (a, b) @ kernel[a, b]: a loop over taps, no conv routine."""
+    xp = np.pad(x.astype(np.float64), ((0, 0), pads[0], pads[1], (0, 0)))
+    kh, kw, _, o = kernel.shape
+    ho, wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    y = np.zeros((x.shape[0], ho, wo, o))
+    for a in range(kh):
+        for b in range(kw):
+            taps = xp[:, a:a + stride * (ho - 1) + 1:stride, b:b + stride * (wo - 1) + 1:stride]
+            y += taps @ kernel[a, b].astype(np.float64)
+    return y
+
+
+@needs_compiler
+@pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant"])
+@pytest.mark.parametrize("x_shape,kernel_shape,stride,pads", [
+    ((2, 13, 11, 3), (7, 7, 3, 64), 2, ((3, 3), (3, 3))),    # ResNet's stem, odd sizes
+    ((3, 9, 10, 5), (3, 3, 5, 16), 1, ((1, 0), (2, 1))),     # asymmetric pads; 11 = 2 * 4 + 3 pixels
+    ((1, 5, 5, 2), (3, 3, 2, 8), 3, ((0, 0), (0, 0))),       # stride 3, one output pixel
+    ((2, 8, 8, 16), (3, 3, 16, 40), 2, ((0, 1), (0, 1))),    # 40 outputs: blocks of 8
+    ((1, 6, 7, 1), (2, 3, 1, 24), 1, ((0, 0), (1, 1)))])     # 2x3 kernel, one channel
+def test_direct_conv_equals_the_numpy_correlation(kind, x_shape, kernel_shape, stride, pads):
+    x = _inputs(x_shape, kind, seed=sum(x_shape))
+    kernel = np.random.default_rng(1).integers(-2, 3, kernel_shape).astype(np.float32)
+    if kind == "normal":
+        kernel = kernel / 4 + np.random.default_rng(2).standard_normal(kernel_shape).astype(np.float32)
+    got = jax.jit(native.direct_conv, static_argnums=(2, 3))(jnp.asarray(x), jnp.asarray(kernel),
+                                                              stride, pads)
+    ref = _numpy_correlation(x, kernel, stride, pads)
+    assert got.shape == ref.shape and got.dtype == jnp.float32
+    if kind == "normal":
+        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6 * max(1.0, np.abs(ref).max()))
+    else:            # integer sums: exact in float32
+        np.testing.assert_array_equal(np.asarray(got, np.float64), ref)
+
+
+@needs_compiler
+def test_direct_conv_refuses_what_it_cannot_compute():
+    x, k = jnp.ones((1, 6, 6, 3)), jnp.ones((3, 3, 3, 12))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        native.direct_conv(x, k, 1, ((1, 1), (1, 1)))
+    with pytest.raises(ValueError, match="pads >= 0"):
+        native.direct_conv(x, jnp.ones((3, 3, 3, 16)), 1, ((-1, 1), (1, 1)))
+    assert [native.direct_block(o) for o in (64, 48, 40, 12)] == [32, 16, 8, 0]
+
+
+@needs_compiler
+def test_direct_conv_in_bfloat16_sums_in_float32():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 9, 9, 3)), jnp.bfloat16)
+    k = jnp.asarray(rng.standard_normal((3, 3, 3, 16)), jnp.bfloat16)
+    got = native.direct_conv(x, k, 2, ((1, 1), (1, 1)))
+    ref = _numpy_correlation(np.asarray(x, np.float32), np.asarray(k, np.float32), 2, ((1, 1), (1, 1)))
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), ref, rtol=1e-2, atol=1e-2)
+
+
+@needs_compiler
+@pytest.mark.parametrize("kind", ["normal", "integers", "constant"])
+@pytest.mark.parametrize("x_shape,kernel_shape,stride,pads", [
+    ((2, 12, 12, 3), (7, 7, 3, 64), 2, ((3, 3), (3, 3))),    # ResNet's stem
+    ((2, 10, 10, 16), (3, 3, 16, 32), 2, ((0, 1), (0, 1))),  # the CAEs' stride-2 convs
+    ((2, 9, 9, 32), (3, 3, 32, 16), 1, ((1, 1), (1, 1)))])   # a decoder conv (was "shift")
+def test_conv2d_with_the_direct_kernel_equals_autodiff_of_lax_conv(monkeypatch, kind, x_shape,
+                                                                   kernel_shape, stride, pads):
+    """conv2d picks the direct kernel for these shapes when the kernels are on, and none when
+    off; values and both gradients equal plain autodiff through lax's conv either way."""
+    from aeclust_jax.models.layers import convolution
+    x = jnp.asarray(_inputs(x_shape, kind, seed=3), jnp.float32)
+    kernel = jnp.asarray(np.random.default_rng(4).integers(-2, 3, kernel_shape) / 8, jnp.float32)
+    lax_conv = lambda x, k: jax.lax.conv_general_dilated(                 # noqa: E731
+        x, k, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y_lax, vjp_lax = jax.vjp(lax_conv, x, kernel)
+    ct = jnp.asarray(_inputs(y_lax.shape, "normal", seed=5))
+    want = (y_lax, *vjp_lax(ct))
+    for setting in ("auto", "off"):
+        monkeypatch.setenv("AECLUST_NATIVE", setting)
+        f = lambda x, k: conv2d(x, k, stride, pads)                     # noqa: E731
+        y, vjp = jax.vjp(jax.jit(f), x, kernel)
+        traced = str(jax.make_jaxpr(jax.grad(lambda x, k: jnp.vdot(f(x, k), ct), (0, 1)))(x, kernel))
+        assert (native._TARGETS["direct"] in traced) == (setting == "auto")
+        with native.forced(setting == "auto"):
+            assert (convolution._form(x_shape, kernel_shape, stride, pads) == "direct") == (setting == "auto")
+        for g, w in zip((y, *vjp(ct)), want):
+            np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * max(1.0, float(jnp.abs(w).max())))
+
+
 def _run_python(code, **env):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
@@ -157,9 +248,9 @@ def _run_python(code, **env):
 
 @needs_compiler
 def test_a_sharded_step_stays_sharded():
-    """Under a data-parallel jit over 2 devices each device transforms its own images: the
-    gradient's program has no all-gather (the custom call alone had one per transform) and
-    equals the 1-device numbers."""
+    """Under a data-parallel jit over 2 devices each device transforms (and direct-convolves) its
+    own images: the gradient's program has no all-gather (the custom calls alone had one each)
+    and equals the 1-device numbers."""
     code = """
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -167,12 +258,15 @@ from aeclust_jax.models.layers import conv2d, native, winograd
 winograd._NATIVE_MIN_BYTES = 0
 x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 8, 8, 64)), jnp.float32)
 k = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 64, 64)) * 0.05, jnp.float32)
-loss = lambda x, k: jnp.sum(conv2d(x, k, 1, ((1, 1), (1, 1))) ** 2)
+k2 = jnp.asarray(np.random.default_rng(2).standard_normal((3, 3, 64, 16)) * 0.05, jnp.float32)
+def loss(x, k):            # Winograd's 64 -> 64, then a direct 64 -> 16 at stride 2
+    return jnp.sum(conv2d(conv2d(x, k, 1, ((1, 1), (1, 1))), k2, 2, ((0, 1), (0, 1))) ** 2)
 grad = jax.jit(jax.grad(loss, (0, 1)))
 xs = jax.device_put(x, NamedSharding(Mesh(np.array(jax.devices()), ("d",)), P("d")))
 hlo = grad.lower(xs, k).compile().as_text()
 assert jax.device_count() == 2 and native.available()
-assert sum(hlo.count(t) for t in native._TARGETS.values()) >= 3 and "all-gather" not in hlo, hlo.count("all-gather")
+assert native._TARGETS["direct"] in hlo, "no direct conv"
+assert sum(hlo.count(t) for t in native._TARGETS.values()) >= 4 and "all-gather" not in hlo, hlo.count("all-gather")
 for a, b in zip(grad(xs, k), grad(x, k)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.abs(b).max()))  # summation order
 print("ok")

@@ -262,12 +262,41 @@ def _conv_tile(x_shape: tuple, kernel_shape: tuple, stride: int, pads: tuple) ->
     return _winograd_tile(x_shape[1] + sum(pads[0]) - 2, x_shape[2] + sum(pads[1]) - 2, cin, cout)
 
 
+# The compiled direct conv (``native.direct_conv``) takes the convs that neither Winograd nor the
+# small-map per-tap GEMMs do, up to this kernel window (kh * kw * Cin floats for each output: the
+# kernel block of 32 outputs, 147 KB, stays in a core's L2). Measured on a 2-core AVX2 host, ms
+# (XLA's conv or the GEMM form before / direct / PyTorch channels-last, forward):
+#   ResNet-18 stem 7x7 / 2, 96 px 3 -> 64, batch 32      16.4 / 8.0 / 8.9
+#   EfficientNet stem 3x3 / 2, 224 px 3 -> 32, batch 32  13.0 / 6.6 / 4.8
+#   VGG's first conv, 224 px 3 -> 64, batch 8 ("taps")   20.0 / 9.7 / 11.2
+#   3x3 / 2, 48 px 64 -> 128, batch 32                   26.6 / 17.0 / 16.3
+#   3x3 / 2, 32 px 64 -> 128, batch 128                  70.6 / 31.7 / 28.4
+#   3x3 / 2, 24 px 128 -> 256, batch 32                  19.1 / 18.2 / 15.5
+#   3x3, 32 px 16 -> 32, batch 128                       17.6 / 7.7 / 6.8
+#   3x3, 32 px 32 -> 16, batch 128 ("shift")             15.6 / 10.2 / 7.0
+# and it lost where it is not used: Winograd's 64 -> 64 at 24 px 6.1 / 8.2, small-map per-tap
+# GEMMs 512 -> 512 at 3 px 6.6 / 16.4, 256 -> 512 / 2 at 12 px 16.2 / 19.6.
+_DIRECT_MAX_WINDOW = 1152
+
+
+def _use_direct(x_shape: tuple, kernel_shape: tuple, stride: int, pads: tuple) -> bool:
+    """Whether the compiled direct conv takes this conv (after Winograd and the per-tap GEMMs):
+    not 1x1, outputs a multiple of 8, zero pads, a window of at most ``_DIRECT_MAX_WINDOW``."""
+    kh, kw, cin, cout = kernel_shape
+    return ((kh, kw) != (1, 1) and kh * kw * cin <= _DIRECT_MAX_WINDOW
+            and native.direct_block(cout) > 0 and min(min(p) for p in pads) >= 0
+            and not _use_valid_taps(x_shape, kernel_shape, stride, pads) and native.available())
+
+
 def _form(x_shape: tuple, kernel_shape: tuple, stride: int, pads: tuple) -> str:
     """How conv2d computes a conv, in this order of preference: "winograd" (``_winograd_tile``:
-    3x3 stride 1, 64+ channels), "taps" or "shift" (``_narrow_form``), "valid_taps"
-    (``_use_valid_taps``: small maps), else "xla"."""
+    3x3 stride 1, 64+ channels), "direct" (``_use_direct``: the compiled kernel, on the CPU),
+    "taps" or "shift" (``_narrow_form``), "valid_taps" (``_use_valid_taps``: small maps), else
+    "xla"."""
     if _conv_tile(x_shape, kernel_shape, stride, pads):
         return "winograd"
+    if _use_direct(x_shape, kernel_shape, stride, pads):
+        return "direct"
     narrow = _narrow_form(x_shape, kernel_shape, stride)
     if narrow:
         return narrow
@@ -279,6 +308,8 @@ def _conv_forward(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> 
     form = _form(x.shape, kernel.shape, stride, pads)
     if form == "winograd":
         return winograd_conv3x3(x, kernel, pads, _conv_tile(x.shape, kernel.shape, stride, pads))
+    if form == "direct":
+        return native.direct_conv(x, kernel, stride, pads)
     if form == "taps":
         return _taps_conv(x, kernel, pads)
     if form == "shift":

@@ -15,30 +15,17 @@
 // Every output element is computed by one thread in a fixed order: the result does not depend
 // on the thread count.
 
-#include <algorithm>
-#include <atomic>
-#include <condition_variable>
-#include <cstdint>
-#include <cstring>
-#include <memory>
-#include <mutex>
 #include <vector>
 
 #if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "native_common.h"
 
 namespace {
 
-typedef float vf __attribute__((vector_size(32)));   // 8 floats
-constexpr int kLanes = 8;
-
-vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
-void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+using namespace aeclust;
 
 // r[k * rs] = sum_i BT[k][i] d[i * s] for Winograd's BT (Lavin & Gray 2016), as sparse sums.
 template <int M> struct Bt;
@@ -82,32 +69,6 @@ template <> struct At<2> {
     r[rs] = d[s] - d[2 * s] - d[3 * s];
   }
 };
-
-// body(i) for i in [0, n): on the calling thread and on the intra-op pool's other threads. The
-// caller waits only for items already taken, so a pool busy elsewhere cannot stall it.
-template <typename F>
-void parallel_for(ffi::ThreadPool& pool, int64_t n, const F& body) {
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-  auto state = std::make_shared<State>();
-  auto drain = [n](State& st, const F& f) {
-    int64_t i, finished = 0;
-    while ((i = st.next.fetch_add(1)) < n) { f(i); ++finished; }
-    if (finished && st.done.fetch_add(finished) + finished == n) {
-      std::lock_guard<std::mutex> lock(st.mu);
-      st.cv.notify_all();
-    }
-  };
-  const F* f = &body;   // alive until every taken item is done (the wait below)
-  for (int64_t h = 1; h < std::min<int64_t>(pool.num_threads(), n); ++h)
-    pool.Schedule([state, f, drain] { drain(*state, *f); });
-  drain(*state, body);
-  std::unique_lock<std::mutex> lock(state->mu);
-  state->cv.wait(lock, [&] { return state->done.load() == n; });
-}
 
 void copy_out(float* dst, const float* src, int64_t len) {
 #if defined(__AVX__)
