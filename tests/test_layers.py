@@ -430,17 +430,33 @@ def test_conv_transpose_module_is_nn_conv_transpose(kernels, k, stride, h, w, ki
     """ConvTranspose = flax's nn.ConvTranspose (padding 'SAME'): the same parameters, values and
     gradients (both parameters and the input) on ties, zeros and constants; stride 2 with 2+
     taps takes the sub-pixel form on the CPU kernels, the rest lax's conv_transpose."""
+    _assert_conv_transpose_is_nn_conv_transpose(kernels, k, stride, h, w, kind, 3, monkeypatch)
+
+
+@pytest.mark.parametrize("kernels", ["cpu", "xla"])
+@pytest.mark.parametrize("kind", ["normal", "integers", "constant"])
+def test_conv_transpose_with_the_direct_kernel_is_nn_conv_transpose(kernels, kind, monkeypatch):
+    """With 4 outputs the sub-pixel form's stride-1 conv has 16 (4 x 4) and takes the compiled
+    direct conv on the CPU kernels: autodiff through conv_transpose must reach conv2d's own
+    gradients (the custom call has no autodiff rule)."""
+    monkeypatch.setenv("AECLUST_KERNELS", kernels)
+    assert convolution._form((2, 6, 5, 6), (2, 2, 6, 16), 1, ((1, 1), (1, 1))) == (
+        "direct" if native.available() else "xla")
+    _assert_conv_transpose_is_nn_conv_transpose(kernels, 3, 2, 6, 5, kind, 4, monkeypatch)
+
+
+def _assert_conv_transpose_is_nn_conv_transpose(kernels, k, stride, h, w, kind, features, monkeypatch):
     monkeypatch.setenv("AECLUST_KERNELS", kernels)
     z = jnp.asarray(_wide_inputs(h, w, kind, 6), jnp.float32)
-    ours = ConvTranspose(3, (k, k), (stride, stride))
-    ref = nn.ConvTranspose(3, (k, k), strides=(stride, stride), padding="SAME")
+    ours = ConvTranspose(features, (k, k), (stride, stride))
+    ref = nn.ConvTranspose(features, (k, k), strides=(stride, stride), padding="SAME")
     p = ours.init(jax.random.key(1), z)
     assert jax.tree.map(jnp.shape, p) == jax.tree.map(jnp.shape, ref.init(jax.random.key(1), z))
     p = jax.tree.map(lambda a: jnp.round(a * 4) / 4, p)                 # ties in the weights
-    p["params"]["bias"] = jnp.asarray([0.5, -1.0, 0.0])
-    ct = jax.random.normal(jax.random.key(2), (2, stride * h, stride * w, 3))
+    p["params"]["bias"] = jnp.asarray([0.5, -1.0, 0.0, 2.0][:features])
+    ct = jax.random.normal(jax.random.key(2), (2, stride * h, stride * w, features))
     (y, y_ref), (g_ours, g_ref) = _values_and_grads([ours.apply, ref.apply], (p, z), ct, (0, 1))
-    assert y.shape == (2, stride * h, stride * w, 3)
+    assert y.shape == (2, stride * h, stride * w, features)
     np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-5)
     for go, gr in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(go, gr, rtol=0, atol=1e-4 * max(1.0, float(jnp.abs(gr).max())))

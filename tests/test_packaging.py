@@ -70,11 +70,12 @@ def test_wheel_installs_and_runs(tmp_path):
 
     where = json.loads(_run([py, "-c", "import json, aeclust_jax, aeclust_jax.config as c; "
                                        "from aeclust_jax.models.layers import native; print(json.dumps("
-                                       "[aeclust_jax.__file__, str(c.config_dir()), str(native._SOURCE)]))"],
+                                       "[aeclust_jax.__file__, str(c.config_dir())] + "
+                                       "[str(p) for p in native._SOURCES + native._HEADERS]))"],
                             env, tmp_path).stdout)
     assert all(pathlib.Path(w).resolve().is_relative_to(venv.resolve()) for w in where), where
     assert (pathlib.Path(where[1]) / "s1_mnist.yaml").is_file()
-    assert pathlib.Path(where[2]).is_file()         # the compiled kernel's source ships
+    assert len(where) == 5 and all(pathlib.Path(w).is_file() for w in where[2:])   # the C++ ships
     for script in SCRIPTS:
         assert (bin_dir / script).is_file(), script
 

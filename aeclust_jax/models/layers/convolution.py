@@ -401,7 +401,9 @@ def _stride2_input_grad(ct: jax.Array, kernel: jax.Array, x_shape: tuple, pads: 
     kp = jnp.pad(kernel, ((0, 2 * dh - kh), (0, 2 * dw - kw), (0, 0), (0, 0)))
     ks = kp.reshape(dh, 2, dw, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(dh, dw, 4 * c, o)
     flipped = ks[::-1, ::-1].transpose(0, 1, 3, 2)
-    dxs = _conv_forward(ct, flipped, 1, ((dh - 1, dh - 1), (dw - 1, dw - 1)))
+    # conv2d's custom-VJP conv: ``conv_transpose`` differentiates through this function, and the
+    # compiled kernels ``_conv_forward`` may pick have no autodiff rule of their own
+    dxs = _conv2d(ct, flipped, 1, ((dh - 1, dh - 1), (dw - 1, dw - 1)), native.enabled())
     hs, ws = ho + dh - 1, wo + dw - 1                    # the space-to-depth map's size
     dxp = dxs.reshape(n, hs, ws, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * hs, 2 * ws, c)
     # the padded input's rows past 2 * hs are read by no output: their gradient is zero
@@ -461,7 +463,9 @@ _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 # (an RGB image) with 24 or 32 outputs than on the same conv with a fourth, zero input channel:
 # EfficientNet's stem (3x3 / 2, 224 px -> 32, batch 32) 23 vs 8 ms; 3x3 convs with 24 outputs
 # 64 vs 5-7 ms. With 16, 48 or 64 outputs (the CAEs', ResNet's and VGG's first convs) 3 channels
-# are as fast or faster, so only these widths get the zero channel.
+# are as fast or faster, so only these widths get the zero channel. The compiled direct conv
+# (``_use_direct``), where it runs, needs no such channel: EfficientNet's stem 6.6 ms with 3, 8.8
+# with 4.
 _CPU_RGB_PADDED_OUTPUTS = (24, 32)
 
 
@@ -471,8 +475,8 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int = 1,
     x (N, H, W, Cin), kernel (kh, kw, Cin, Cout) -> (N, Ho, Wo, Cout), the values of
     ``lax.conv_general_dilated``, through the fastest path: an unpadded 1x1 kernel is
     ``pointwise_conv`` (a matmul) everywhere, other kernels ``conv2d`` (GEMM gradients) on XLA:CPU
-    (``cpu_kernels()``; an RGB input with 24 or 32 outputs gets a zero fourth channel, see
-    ``_CPU_RGB_PADDED_OUTPUTS``) and XLA's conv elsewhere."""
+    (``cpu_kernels()``; an RGB input with 24 or 32 outputs that the direct conv does not take
+    gets a zero fourth channel, see ``_CPU_RGB_PADDED_OUTPUTS``) and XLA's conv elsewhere."""
     pads = tuple(tuple(int(v) for v in p) for p in pads)
     return _conv_program(x, kernel, int(stride), pads)
 
@@ -483,7 +487,8 @@ def _conv_program(x: jax.Array, kernel: jax.Array, stride: int, pads: tuple) -> 
     if kernel.shape[:2] == (1, 1) and not any(any(p) for p in pads):
         return pointwise_conv(x, kernel, stride)
     if cpu_kernels():
-        if x.shape[-1] == 3 and kernel.shape[-1] in _CPU_RGB_PADDED_OUTPUTS:
+        if x.shape[-1] == 3 and kernel.shape[-1] in _CPU_RGB_PADDED_OUTPUTS and \
+                not _use_direct(x.shape, kernel.shape, stride, pads):    # direct: 3 is faster
             x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, 1)))
             kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 1), (0, 0)))
         return conv2d(x, kernel, stride, pads)
@@ -496,8 +501,8 @@ def conv_transpose(z: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     padding 'SAME', no kernel flip): z (N, h, w, Cin), kernel (kh, kw, Cin, Cout) ->
     (N, s*h, s*w, Cout). On XLA:CPU a stride-2 one with kernels of 2+ taps is the input gradient
     of the stride-2 conv it transposes, in sub-pixel form (``_stride2_input_grad``: a stride-1
-    conv of z and depth-to-space, not a conv over the zero-dilated z; its gradients by
-    autodiff of those ops); elsewhere lax's. DSC's decoder: its fine-tune step 1.2x with ``Conv`` in the
+    conv of z and depth-to-space, not a conv over the zero-dilated z; its gradients: conv2d's
+    for that conv, autodiff for the rest); elsewhere lax's. DSC's decoder: its fine-tune step 1.2x with ``Conv`` in the
     encoder (COIL-20)."""
     kh, kw = kernel.shape[:2]
     if not (cpu_kernels() and stride == 2 and min(kh, kw) >= 2):
