@@ -439,13 +439,14 @@ def test_conv_transpose_with_the_direct_kernel_is_nn_conv_transpose(kernels, kin
     """With 4 outputs the sub-pixel form's stride-1 conv has 16 (4 x 4) and takes the compiled
     direct conv on the CPU kernels: autodiff through conv_transpose must reach conv2d's own
     gradients (the custom call has no autodiff rule)."""
-    monkeypatch.setenv("AECLUST_KERNELS", kernels)
     assert convolution._form((2, 6, 5, 6), (2, 2, 6, 16), 1, ((1, 1), (1, 1))) == (
         "direct" if native.available() else "xla")
     _assert_conv_transpose_is_nn_conv_transpose(kernels, 3, 2, 6, 5, kind, 4, monkeypatch)
 
 
 def _assert_conv_transpose_is_nn_conv_transpose(kernels, k, stride, h, w, kind, features, monkeypatch):
+    """ConvTranspose(features, k, stride) under AECLUST_KERNELS=kernels against nn.ConvTranspose:
+    values and the gradients of both parameters and the input."""
     monkeypatch.setenv("AECLUST_KERNELS", kernels)
     z = jnp.asarray(_wide_inputs(h, w, kind, 6), jnp.float32)
     ours = ConvTranspose(features, (k, k), (stride, stride))
