@@ -270,6 +270,10 @@ def test_winograd_conv3x3_equals_the_correlation(m, kind, h, w, pads):
     assert y.shape == ref.shape
     tol = {2: 1e-6, 4: 1e-5}[m] * max(1.0, np.abs(ref).max())
     np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=0, atol=tol)
+    # swap_io (the input gradient's form): the kernel given as (3, 3, Cout, Cin), used transposed
+    swapped = jax.jit(winograd_conv3x3, static_argnums=(2, 3, 4))(
+        jnp.asarray(x, jnp.float32), jnp.asarray(kernel.transpose(0, 1, 3, 2).copy()), pads, m, True)
+    np.testing.assert_allclose(np.asarray(swapped, np.float64), ref, rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("kind", ["normal", "integers", "zeros", "constant"])

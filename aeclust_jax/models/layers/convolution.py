@@ -441,7 +441,9 @@ def _conv2d_grads(stride, pads, res, ct):
             ct_taps = _stacked_taps(ct, flipped.shape, flipped_pads)
             return (_taps_conv(ct, flipped, flipped_pads, ct_taps),
                     _shifted_cotangent_kernel_grad(x, ct, kernel.shape, pads, ct_taps))
-        dx = _conv_forward(ct, flipped, 1, flipped_pads)
+        m = _conv_tile(ct.shape, flipped.shape, 1, flipped_pads)
+        dx = (winograd_conv3x3(ct, kernel[::-1, ::-1], flipped_pads, m, swap_io=True) if m
+              else _conv_forward(ct, flipped, 1, flipped_pads))
     elif stride == 2 and cin <= _SUBPIXEL_MAX_CHANNELS and min(min(p) for p in pads) >= 0:
         dx = _stride2_input_grad(ct, kernel, x.shape, pads)
     else:   # the conv is linear in x: transpose it (no recomputation of the forward pass)

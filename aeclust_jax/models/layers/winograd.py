@@ -110,8 +110,9 @@ def _two_sided(mat: np.ndarray, t: jax.Array) -> jax.Array:
     return jnp.stack([_combine(mat[u], [half[:, j] for j in range(k)]) for u in range(len(mat))], 1)
 
 
-@one_program("pads", "m")
-def winograd_conv3x3(x: jax.Array, kernel: jax.Array, pads: tuple, m: int) -> jax.Array:
+@one_program("pads", "m", "swap_io")
+def winograd_conv3x3(x: jax.Array, kernel: jax.Array, pads: tuple, m: int,
+                     swap_io: bool = False) -> jax.Array:
     """3x3 stride-1 correlation by Winograd F(m x m, 3 x 3), m = 2 or 4: x (N, H, W, Cin),
     kernel (3, 3, Cin, Cout), pads ((top, bottom), (left, right)) -> (N, Ho, Wo, Cout) with
     Ho = H + top + bottom - 2: the values of ``lax.conv_general_dilated`` to float rounding
@@ -120,13 +121,18 @@ def winograd_conv3x3(x: jax.Array, kernel: jax.Array, pads: tuple, m: int) -> ja
     GEMM per tile position against G g G^T, (m + 2)^2 of them, and AT M A gives the m x m outputs:
     9 m^2 / (m + 2)^2 = 2.25x fewer multiplies for m = 4 (1.78x for m = 2), and (m + 2)^2 / m^2
     times the map's data through memory on each side of the GEMMs. Plain jnp: autodiff works
-    (``conv2d``'s gradients are faster)."""
+    (``conv2d``'s gradients are faster).
+
+    swap_io: the kernel is (3, 3, Cout, Cin), used as its transpose over the last two axes
+    (an input gradient's kernel): the GEMMs contract its last axis, so no transposed copy is
+    fused into the kernel transform (that copy cost 37 ms of 75 at 4 x 4 x 512 -> 512, batch
+    128)."""
     g, at = (np.asarray(t, np.float64) for t in _WINOGRAD[m][1:])
     a = m + 2
-    cin, cout = kernel.shape[2:]
+    cin, cout = kernel.shape[2:][::-1] if swap_io else kernel.shape[2:]
     v, (n, th, tw, ho, wo) = _winograd_input(x, pads, m)
-    u = _two_sided(g, kernel).reshape(a * a, cin, cout)                  # G g G^T
-    mm = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))               # (a*a, tiles, Cout)
+    u = _two_sided(g, kernel).reshape((a * a,) + kernel.shape[2:])       # G g G^T
+    mm = lax.dot_general(v, u, (((2,), (2 if swap_io else 1,)), ((0,), (0,))))  # (a*a, tiles, Cout)
     if _use_native(mm, mm.size):
         return native.winograd_output(mm, n, ho, wo, m, th, tw)
     y = _two_sided(at, mm.reshape(a, a, n, th, tw, cout))                # (m, m, N, th, tw, C)
