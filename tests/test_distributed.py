@@ -18,9 +18,11 @@ WORKER = ROOT / "tests" / "distributed_worker.py"
 def _env(devices: int | None = None) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    env.pop("XLA_FLAGS", None)
+    flags = [f for f in env.get("XLA_FLAGS", "").split()       # the session's (conftest.py)
+             if not f.startswith("--xla_force_host_platform_device_count")]
     if devices:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        flags.append(f"--xla_force_host_platform_device_count={devices}")
+    env["XLA_FLAGS"] = " ".join(flags)
     return env
 
 

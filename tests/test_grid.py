@@ -68,7 +68,8 @@ def _fail(message: str):
 
 
 def test_run_tasks_in_workers_equals_in_process(monkeypatch, capsys):
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")   # workers get 1
+    session_flags = os.environ.get("XLA_FLAGS", "")              # conftest.py's: kept for all
+    monkeypatch.setenv("XLA_FLAGS", session_flags + " --xla_force_host_platform_device_count=2")  # workers get 1
     tasks = [Task(f"seed {s}", _fit_tiny, (s,)) for s in (0, 1, 2)]
     seen = []                       # on_result: each result here as its task finishes
     par = grid.run_tasks(tasks, workers=2, on_result=lambda i, r: seen.append((i, r["losses"])))
@@ -76,7 +77,7 @@ def test_run_tasks_in_workers_equals_in_process(monkeypatch, capsys):
     assert "3 runs on 2 worker processes" in out and "[3/3]" in out
     assert sorted(seen) == [(i, r["losses"]) for i, r in enumerate(par)]
     assert all(r["pid"] != os.getpid() for r in par) and all(r["devices"] == 1 for r in par)
-    monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.setenv("XLA_FLAGS", session_flags)
     seq = [_fit_tiny(s) for s in (0, 1, 2)]           # here, one device: the same digits, in order
     for a, b in zip(par, seq):
         assert a["losses"] == b["losses"] and a["params"] == b["params"]
