@@ -129,7 +129,7 @@ def winograd_conv3x3(x: jax.Array, kernel: jax.Array, pads: tuple, m: int,
     128)."""
     g, at = (np.asarray(t, np.float64) for t in _WINOGRAD[m][1:])
     a = m + 2
-    cin, cout = kernel.shape[2:][::-1] if swap_io else kernel.shape[2:]
+    cout = kernel.shape[2 if swap_io else 3]
     v, (n, th, tw, ho, wo) = _winograd_input(x, pads, m)
     u = _two_sided(g, kernel).reshape((a * a,) + kernel.shape[2:])       # G g G^T
     mm = lax.dot_general(v, u, (((2,), (2 if swap_io else 1,)), ((0,), (0,))))  # (a*a, tiles, Cout)
